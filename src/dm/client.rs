@@ -1,0 +1,196 @@
+//! `POST {dm}/v1/rest/mgmt` with the headers the SDKs send, the app's bearer token, and retries
+//! for throttling and transient server errors.
+
+use super::resources::IngestionResources;
+use super::v1::{KustoErrorBody, V1Response, V1Table};
+use super::{AuthorizationContext, DmError};
+use crate::config::DmEndpoint;
+use crate::identity::Identity;
+use rand::Rng;
+use std::time::Duration;
+use uuid::Uuid;
+
+const GET_INGESTION_RESOURCES: &str = ".get ingestion resources";
+const GET_IDENTITY_TOKEN: &str = ".get kusto identity token";
+/// The database the SDKs address these commands to; the DM ignores it for them.
+const DEFAULT_DB: &str = "NetDefaultDB";
+const CLIENT_VERSION: &str = concat!("Kusto.IngestApi:{", env!("CARGO_PKG_VERSION"), "}|Runtime.{rust}");
+
+/// How DM calls are retried: only throttling (429), 5xx and unreachable endpoints, with
+/// exponential backoff and jitter, honouring `Retry-After` up to `max_delay`.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        // The SDKs make 4 attempts capped at 30 s; a caller is waiting here, so the cap is lower.
+        Self {
+            attempts: 4,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32, error: &DmError) -> Duration {
+        if let Some(after) = error.retry_after() {
+            return after.min(self.max_delay);
+        }
+        let exp = self.base_delay.saturating_mul(1 << attempt.min(10));
+        let jitter = rand::rng().random_range(0..=self.base_delay.as_millis() as u64);
+        (exp + Duration::from_millis(jitter)).min(self.max_delay)
+    }
+}
+
+pub struct DmClient {
+    http: reqwest::Client,
+    identity: Identity,
+    scope: String,
+    retry: RetryPolicy,
+}
+
+impl DmClient {
+    pub fn new(identity: Identity, scope: String, retry: RetryPolicy) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            // A redirect would carry the bearer token to a host the allowlist never saw.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build the DM HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            identity,
+            scope,
+            retry,
+        })
+    }
+
+    pub async fn ingestion_resources(&self, dm: &DmEndpoint) -> Result<IngestionResources, DmError> {
+        let response = self.execute(dm, GET_INGESTION_RESOURCES).await?;
+        IngestionResources::from_response(&response).map_err(|reason| DmError::InvalidResponse {
+            endpoint: dm.to_string(),
+            reason,
+        })
+    }
+
+    pub async fn identity_token(&self, dm: &DmEndpoint) -> Result<AuthorizationContext, DmError> {
+        let response = self.execute(dm, GET_IDENTITY_TOKEN).await?;
+        let invalid = |reason: String| DmError::InvalidResponse {
+            endpoint: dm.to_string(),
+            reason,
+        };
+        let table = response.primary().map_err(invalid)?;
+        let column = table.column("AuthorizationContext").map_err(invalid)?;
+        match table.rows.as_slice() {
+            [row] => match V1Table::string_at(row, column) {
+                Some(token) if !token.trim().is_empty() => Ok(AuthorizationContext::new(token.to_owned())),
+                _ => Err(invalid("the identity token is empty".to_owned())),
+            },
+            rows => Err(invalid(format!("expected one identity-token row, got {}", rows.len()))),
+        }
+    }
+
+    async fn execute(&self, dm: &DmEndpoint, command: &str) -> Result<V1Response, DmError> {
+        let mut attempt = 0;
+        loop {
+            match self.execute_once(dm, command).await {
+                Ok(response) => return Ok(response),
+                Err(error) if error.is_transient() && attempt + 1 < self.retry.attempts => {
+                    let delay = self.retry.delay(attempt, &error);
+                    tracing::warn!(dm = %dm, command, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, %error, "DM call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn execute_once(&self, dm: &DmEndpoint, command: &str) -> Result<V1Response, DmError> {
+        let endpoint = dm.to_string();
+        let token = self.identity.token(&self.scope).await.map_err(DmError::Identity)?;
+        let request_id = format!("KIA.execute;{}", Uuid::new_v4());
+        let started = std::time::Instant::now();
+        let response = self
+            .http
+            .post(dm.mgmt_url())
+            .bearer_auth(token)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json; charset=utf-8")
+            .header("x-ms-client-request-id", &request_id)
+            .header("x-ms-client-version", CLIENT_VERSION)
+            .header("x-ms-app", crate::message::APPLICATION_FOR_TRACING)
+            .header("x-ms-version", "2024-12-12")
+            .body(serde_json::json!({"db": DEFAULT_DB, "csl": command}).to_string())
+            .send()
+            .await
+            .map_err(|e| DmError::Unreachable {
+                endpoint: endpoint.clone(),
+                reason: e.without_url().to_string(),
+            })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.map_err(|e| DmError::Unreachable {
+            endpoint: endpoint.clone(),
+            reason: format!("reading the response failed: {}", e.without_url()),
+        })?;
+        tracing::debug!(dm = %dm, command, status, request_id, elapsed_ms = started.elapsed().as_millis() as u64, "DM call");
+        match status {
+            200 => serde_json::from_slice::<V1Response>(&body).map_err(|e| DmError::InvalidResponse {
+                endpoint,
+                reason: format!("not a v1 JSON table: {e}"),
+            }),
+            429 => Err(DmError::Throttled { endpoint, retry_after }),
+            401 | 403 => Err(DmError::Unauthorized {
+                endpoint,
+                status,
+                message: KustoErrorBody::summarize(&body),
+            }),
+            500..=599 => Err(DmError::Server {
+                endpoint,
+                status,
+                message: KustoErrorBody::summarize(&body),
+            }),
+            _ => Err(DmError::Rejected {
+                endpoint,
+                status,
+                message: KustoErrorBody::summarize(&body),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_honours_retry_after_within_the_cap() {
+        let policy = RetryPolicy::default();
+        let throttled = |secs| DmError::Throttled {
+            endpoint: "x".into(),
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(policy.delay(0, &throttled(2)), Duration::from_secs(2));
+        assert_eq!(policy.delay(0, &throttled(600)), policy.max_delay);
+        let server = DmError::Server {
+            endpoint: "x".into(),
+            status: 503,
+            message: String::new(),
+        };
+        let d0 = policy.delay(0, &server);
+        assert!(d0 >= policy.base_delay && d0 <= policy.base_delay * 2);
+        assert!(policy.delay(9, &server) <= policy.max_delay);
+    }
+}

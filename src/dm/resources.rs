@@ -1,0 +1,143 @@
+//! `.get ingestion resources`: which queues to post messages to.
+
+use super::v1::{V1Response, V1Table};
+use crate::domain::{is_loopback_host, redact_url};
+use std::fmt;
+use time::OffsetDateTime;
+use url::Url;
+
+/// One `SecuredReadyForAggregationQueue`.
+#[derive(Clone)]
+pub struct QueueResource {
+    /// Storage account name: the first DNS label (`acct.queue.core.windows.net`), or the first path
+    /// segment for path-style loopback endpoints (Azurite), so the queues of one account share
+    /// their health statistics.
+    pub account: String,
+    /// Queue URL with its SAS.
+    pub url: Url,
+    /// The SAS's `se`, when it has one.
+    pub sas_expiry: Option<OffsetDateTime>,
+}
+
+impl fmt::Debug for QueueResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QueueResource({})", redact_url(self.url.as_str()))
+    }
+}
+
+impl QueueResource {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let url = Url::parse(raw).map_err(|e| format!("queue URI {} is not a URL: {e}", redact_url(raw)))?;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback_host(&host) => {}
+            _ => return Err(format!("queue URI {} must use https", redact_url(raw))),
+        }
+        let path_style = is_loopback_host(&host) || host.parse::<std::net::IpAddr>().is_ok();
+        let account = if path_style {
+            url.path_segments().and_then(|mut s| s.next()).unwrap_or_default().to_owned()
+        } else {
+            host.split('.').next().unwrap_or_default().to_owned()
+        };
+        if account.is_empty() {
+            return Err(format!("queue URI {} names no storage account", redact_url(raw)));
+        }
+        let sas_expiry = url
+            .query_pairs()
+            .find(|(k, _)| k == "se")
+            .and_then(|(_, v)| OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339).ok());
+        Ok(Self { account, url, sas_expiry })
+    }
+
+    pub fn redacted(&self) -> String {
+        redact_url(self.url.as_str())
+    }
+}
+
+/// The resources this service uses. The notification queues, temp storage and status table are
+/// counted for diagnostics only: the service posts existing blobs and reports through the queues
+/// the DM itself writes to.
+#[derive(Debug, Clone)]
+pub struct IngestionResources {
+    pub queues: Vec<QueueResource>,
+    pub other_resources: usize,
+}
+
+impl IngestionResources {
+    pub fn from_response(response: &V1Response) -> Result<Self, String> {
+        let table = response.primary()?;
+        let type_col = table.column("ResourceTypeName")?;
+        let root_col = table.column("StorageRoot")?;
+        let mut queues = Vec::new();
+        let mut other_resources = 0;
+        for row in &table.rows {
+            let (Some(kind), Some(root)) = (V1Table::string_at(row, type_col), V1Table::string_at(row, root_col)) else {
+                return Err("a resource row is missing its type or storage root".to_owned());
+            };
+            // Unknown resource types are ignored, as the Python, Go and Node SDKs do.
+            if kind.eq_ignore_ascii_case("SecuredReadyForAggregationQueue") {
+                queues.push(QueueResource::parse(root)?);
+            } else {
+                other_resources += 1;
+            }
+        }
+        if queues.is_empty() {
+            return Err("no SecuredReadyForAggregationQueue was returned".to_owned());
+        }
+        Ok(Self { queues, other_resources })
+    }
+
+    /// The earliest SAS expiry among the queues: past it, these resources are useless.
+    pub fn sas_expiry(&self) -> Option<OffsetDateTime> {
+        self.queues.iter().filter_map(|q| q.sas_expiry).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(rows: &str) -> V1Response {
+        serde_json::from_str(&format!(
+            r#"{{"Tables":[{{"TableName":"Table_0","Columns":[{{"ColumnName":"ResourceTypeName","DataType":"String","ColumnType":"string"}},{{"ColumnName":"StorageRoot","DataType":"String","ColumnType":"string"}}],"Rows":[{rows}]}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_the_reference_example() {
+        let r = IngestionResources::from_response(&response(concat!(
+            r#"["SecuredReadyForAggregationQueue","https://1hekstrldmycluster00.queue.core.windows.net/readyforaggregation-secured?sv=2021-08-06&st=2022-11-01T07%3A39%3A51Z&se=2022-11-01T19%3A44%3A51Z&sp=a&sig=x"],"#,
+            r#"["SecuredReadyForAggregationQueue","https://1hekstrldmycluster01.queue.core.windows.net/readyforaggregation-secured?sv=2021-08-06&se=2022-11-01T18%3A00%3A00Z&sp=a&sig=y"],"#,
+            r#"["FailedIngestionsQueue","https://1hekstrldmycluster00.queue.core.windows.net/failedingestions?sig=z"],"#,
+            r#"["TempStorage","https://rvjkstrldmycluster00.blob.core.windows.net/20221101-ingestdata-e5c334ee145d4b4-0?sr=c&sp=rw&sig=w"],"#,
+            r#"["SomethingNew","https://x.queue.core.windows.net/q"]"#
+        )))
+        .unwrap();
+        assert_eq!(r.queues.len(), 2);
+        assert_eq!(r.queues[0].account, "1hekstrldmycluster00");
+        assert_eq!(r.queues[1].account, "1hekstrldmycluster01");
+        assert_eq!(r.other_resources, 3);
+        assert_eq!(r.sas_expiry().unwrap().hour(), 18);
+        assert!(!format!("{:?}", r.queues[0]).contains("sig="));
+    }
+
+    #[test]
+    fn path_style_loopback_uses_the_first_segment_as_account() {
+        let r = IngestionResources::from_response(&response(
+            r#"["SecuredReadyForAggregationQueue","http://127.0.0.1:10001/acct1/q1?sig=x"]"#,
+        ))
+        .unwrap();
+        assert_eq!(r.queues[0].account, "acct1");
+    }
+
+    #[test]
+    fn rejects_missing_queues_and_insecure_urls() {
+        assert!(IngestionResources::from_response(&response(r#"["TempStorage","https://a.blob.core.windows.net/c"]"#)).is_err());
+        assert!(
+            IngestionResources::from_response(&response(r#"["SecuredReadyForAggregationQueue","http://evil.example.com/acct/q"]"#))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! warp filters. Each route reads its body under the configured limit, calls one handler, and
+//! turns its `Reply` into an HTTP response; nothing else happens here.
+
+use super::errors::ApiError;
+use super::ingest_api::{self, Reply};
+use crate::ingestor::Ingestor;
+use bytes::{Buf, BytesMut};
+use futures::{Stream, StreamExt};
+use std::convert::Infallible;
+use std::sync::Arc;
+use warp::Filter;
+use warp::http::{Response, StatusCode, header};
+
+pub fn routes(ingestor: Arc<Ingestor>) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let max_body = ingestor.settings().max_body_bytes;
+    let with_ingestor = warp::any().map(move || ingestor.clone());
+
+    // The host polls `GET /` until it answers; any answer means ready.
+    let ready = warp::get().and(warp::path::end()).map(|| json_response(200, None, &serde_json::json!({"status": "ready"})));
+
+    let ingest = warp::post()
+        .and(warp::path!("api" / "ingest"))
+        .and(with_ingestor.clone())
+        .and(warp::body::stream())
+        .then(move |ingestor: Arc<Ingestor>, body| async move {
+            let reply = match read_limited(body, max_body).await {
+                Ok(bytes) => ingest_api::handle(&ingestor, &bytes).await,
+                Err(error) => error.into(),
+            };
+            to_response(reply)
+        });
+
+/*BLOB_CREATED*/
+    let not_found = warp::any().map(|| to_response(ApiError::NotFound.into()));
+
+    ready.or(ingest).unify().or(not_found).unify()
+}
+
+/// Collects the body, refusing it as soon as it passes `max` bytes (with or without a
+/// Content-Length), so an oversized request costs at most `max` bytes of memory.
+async fn read_limited<S, B>(body: S, max: usize) -> Result<bytes::Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("the request body could not be read: {e}")))?;
+        if collected.len() + chunk.remaining() > max {
+            return Err(ApiError::BodyTooLarge { max });
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+fn to_response(reply: Reply) -> Response<String> {
+    json_response(reply.status, reply.retry_after, &reply.body)
+}
+
+fn json_response(status: u16, retry_after: Option<String>, body: &serde_json::Value) -> Response<String> {
+    let mut builder = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8");
+    if let Some(after) = retry_after {
+        builder = builder.header(header::RETRY_AFTER, after);
+    }
+    builder
+        .body(body.to_string())
+        .unwrap_or_else(|_| Response::new(String::from("{\"error\":{\"code\":\"InternalError\",\"message\":\"response could not be built\"}}")))
+}

@@ -1,0 +1,198 @@
+//! The ingestion resources and identity token of one DM, fetched together, cached, refreshed ahead
+//! of expiry by one task at a time, and served stale while a refresh fails and the SAS is valid.
+
+use crate::config::DmEndpoint;
+use crate::dm::{AuthorizationContext, DmClient, DmError};
+use crate::queue_pool::{AccountRanking, QueuePool};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// The SDKs refresh both every hour; refreshing ten minutes early keeps requests off the slow path.
+const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
+/// Stale resources are not used within this margin of their SAS expiry.
+const SAS_SAFETY_MARGIN: Duration = Duration::from_secs(30);
+/// After a failed refresh, how long callers are answered from that failure (or the stale copy)
+/// before the DM is asked again, so an outage is not multiplied by every waiting request.
+const FAILURE_HOLD: Duration = Duration::from_secs(5);
+
+/// One successful fetch of both commands.
+pub struct Snapshot {
+    pub generation: u64,
+    pub pool: QueuePool,
+    pub authorization_context: AuthorizationContext,
+    refresh_at: Instant,
+    /// When the queue SAS stops working, as a monotonic instant.
+    usable_until: Instant,
+}
+
+impl Snapshot {
+    fn usable(&self, now: Instant) -> bool {
+        now < self.usable_until
+    }
+}
+
+struct Failure {
+    at: Instant,
+    error: DmError,
+}
+
+pub struct ResourceCache {
+    dm: DmEndpoint,
+    client: Arc<DmClient>,
+    pub ranking: AccountRanking,
+    current: RwLock<Option<Arc<Snapshot>>>,
+    last_failure: RwLock<Option<Failure>>,
+    /// The generation a queue reported as unauthorized (403): it is refreshed on next use.
+    invalidated: AtomicU64,
+    generations: AtomicU64,
+    /// Single flight: whoever holds it fetches; the others wait for its result or serve the
+    /// current snapshot.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl ResourceCache {
+    pub fn new(dm: DmEndpoint, client: Arc<DmClient>) -> Self {
+        Self {
+            dm,
+            client,
+            ranking: AccountRanking::default(),
+            current: RwLock::new(None),
+            last_failure: RwLock::new(None),
+            invalidated: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    fn needs_refresh(&self, snapshot: &Snapshot, now: Instant) -> bool {
+        now >= snapshot.refresh_at || !snapshot.usable(now) || self.invalidated.load(Ordering::Acquire) == snapshot.generation
+    }
+
+    fn recent_failure(&self, now: Instant) -> Option<DmError> {
+        let guard = self.last_failure.read().ok()?;
+        let failure = guard.as_ref()?;
+        (now.duration_since(failure.at) < FAILURE_HOLD).then(|| failure.error.clone())
+    }
+
+    /// Marks `generation` as rejected by storage (403), so the next `get` fetches fresh resources.
+    /// Only the first report per generation matters.
+    pub fn invalidate(&self, generation: u64) {
+        self.invalidated.fetch_max(generation, Ordering::AcqRel);
+    }
+
+    /// Resources to post with. Fresh ones when possible; the stale copy while a refresh fails and
+    /// its SAS still works; an error only when there is nothing usable.
+    pub async fn get(&self) -> Result<Arc<Snapshot>, DmError> {
+        let now = Instant::now();
+        let current = self.current();
+        if let Some(snapshot) = &current {
+            if !self.needs_refresh(snapshot, now) {
+                return Ok(snapshot.clone());
+            }
+            // Due for a refresh but still valid: if someone is already refreshing, don't wait.
+            let invalidated = self.invalidated.load(Ordering::Acquire) == snapshot.generation;
+            if snapshot.usable(now) && !invalidated {
+                if self.recent_failure(now).is_some() {
+                    return Ok(snapshot.clone());
+                }
+                let Ok(_guard) = self.refresh.try_lock() else {
+                    return Ok(snapshot.clone());
+                };
+                return Ok(self.refresh_locked(Some(snapshot.clone())).await.unwrap_or_else(|_| snapshot.clone()));
+            }
+        }
+        let _guard = self.refresh.lock().await;
+        // Whoever held the lock before us may have done the work.
+        let current = self.current();
+        if let Some(snapshot) = &current
+            && !self.needs_refresh(snapshot, Instant::now())
+        {
+            return Ok(snapshot.clone());
+        }
+        if let Some(error) = self.recent_failure(Instant::now()) {
+            return match current {
+                Some(snapshot) if snapshot.usable(Instant::now()) => Ok(snapshot),
+                _ => Err(error),
+            };
+        }
+        self.refresh_locked(current).await
+    }
+
+    /// Fetches both commands concurrently. Callers hold `self.refresh`.
+    async fn refresh_locked(&self, previous: Option<Arc<Snapshot>>) -> Result<Arc<Snapshot>, DmError> {
+        let started = Instant::now();
+        let (resources, token) = tokio::join!(
+            self.client.ingestion_resources(&self.dm),
+            self.client.identity_token(&self.dm)
+        );
+        let built = resources.and_then(|resources| {
+            let token = token?;
+            let pool = QueuePool::new(&resources.queues).map_err(|reason| DmError::InvalidResponse {
+                endpoint: self.dm.to_string(),
+                reason,
+            })?;
+            Ok((resources, token, pool))
+        });
+        match built {
+            Ok((resources, authorization_context, pool)) => {
+                let now = Instant::now();
+                let sas_left = resources
+                    .sas_expiry()
+                    .map(|expiry| {
+                        let secs = (expiry - OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64;
+                        Duration::from_millis(secs)
+                    })
+                    .unwrap_or(Duration::from_secs(12 * 3600));
+                let usable_for = sas_left.saturating_sub(SAS_SAFETY_MARGIN.min(sas_left / 2));
+                let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
+                let snapshot = Arc::new(Snapshot {
+                    generation,
+                    pool,
+                    authorization_context,
+                    // Refresh well before the SAS expires even when it is short-lived.
+                    refresh_at: now + REFRESH_AFTER.min(usable_for / 2),
+                    usable_until: now + usable_for,
+                });
+                tracing::info!(
+                    dm = %self.dm,
+                    generation,
+                    queues = resources.queues.len(),
+                    other_resources = resources.other_resources,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "fetched ingestion resources and identity token"
+                );
+                if let Ok(mut current) = self.current.write() {
+                    *current = Some(snapshot.clone());
+                }
+                if let Ok(mut failure) = self.last_failure.write() {
+                    *failure = None;
+                }
+                Ok(snapshot)
+            }
+            Err(error) => {
+                if let Ok(mut failure) = self.last_failure.write() {
+                    *failure = Some(Failure {
+                        at: Instant::now(),
+                        error: error.clone(),
+                    });
+                }
+                match previous {
+                    Some(stale) if stale.usable(Instant::now()) => {
+                        tracing::warn!(dm = %self.dm, generation = stale.generation, %error, "refreshing ingestion resources failed; serving the cached copy while its SAS is valid");
+                        Ok(stale)
+                    }
+                    _ => {
+                        tracing::error!(dm = %self.dm, %error, "cannot get ingestion resources");
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+}
