@@ -1,0 +1,239 @@
+//! Fault injection: a cloneable handle shared by the test and the emulator's handlers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use super::server::{Routes, Server};
+use crate::error::{Error, Result};
+
+/// How a storage account is broken in the resources the DM hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BreakMode {
+    /// Queue URLs point at a loopback endpoint (same `/<account>/<queue>/messages` path)
+    /// answering Put Message with `503 ServerBusy`.
+    ServerBusy,
+    /// Queue URLs point at Azurite but carry a wrong `sig`: Azurite answers `403 AuthenticationFailed`.
+    BadSignature,
+}
+
+#[derive(Debug)]
+pub(crate) struct FaultState {
+    statuses: VecDeque<(u16, Option<u64>)>,
+    delay: Duration,
+    down: bool,
+    broken: HashMap<String, BreakMode>,
+    sas_lifetime: Duration,
+    token_lifetime: Duration,
+    token_failure: Option<u16>,
+}
+
+/// The DM listener, restartable on the same port.
+struct DmSwitch {
+    rt: Handle,
+    port: u16,
+    routes: Routes,
+    server: Option<Server>,
+}
+
+struct Inner {
+    state: Mutex<FaultState>,
+    defaults: (Duration, Duration),
+    dm: Mutex<Option<DmSwitch>>,
+}
+
+/// Cloneable fault-injection handle (see [`crate::dm::DmEmulator::faults`]).
+#[derive(Clone)]
+pub struct Faults {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("state", &*self.state())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test thread must not wedge the emulator: ignore poisoning.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Faults {
+    pub(crate) fn new(sas_lifetime: Duration, token_lifetime: Duration) -> Self {
+        Faults {
+            inner: Arc::new(Inner {
+                state: Mutex::new(FaultState {
+                    statuses: VecDeque::new(),
+                    delay: Duration::ZERO,
+                    down: false,
+                    broken: HashMap::new(),
+                    sas_lifetime,
+                    token_lifetime,
+                    token_failure: None,
+                }),
+                defaults: (sas_lifetime, token_lifetime),
+                dm: Mutex::new(None),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, FaultState> {
+        lock(&self.inner.state)
+    }
+
+    pub(crate) fn attach_dm(&self, rt: Handle, server: Server, routes: Routes) {
+        *lock(&self.inner.dm) = Some(DmSwitch {
+            rt,
+            port: server.port(),
+            routes,
+            server: Some(server),
+        });
+    }
+
+    pub(crate) fn detach_dm(&self) {
+        lock(&self.inner.dm).take();
+    }
+
+    /// The next `statuses.len()` authenticated mgmt requests answer these statuses
+    /// (with `Retry-After: <secs>` when given) instead of the real answer.
+    pub fn push_statuses(&self, statuses: &[(u16, Option<u64>)]) {
+        self.state().statuses.extend(statuses.iter().copied());
+    }
+
+    /// Injected statuses not consumed yet.
+    pub fn pending_statuses(&self) -> usize {
+        self.state().statuses.len()
+    }
+
+    pub(crate) fn next_status(&self) -> Option<(u16, Option<u64>)> {
+        self.state().statuses.pop_front()
+    }
+
+    /// Delay applied before answering every mgmt request.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state().delay = delay;
+    }
+
+    pub fn delay(&self) -> Duration {
+        self.state().delay
+    }
+
+    /// While down, every mgmt request gets 503 (no auth check, nothing counted).
+    pub fn set_down(&self, down: bool) {
+        self.state().down = down;
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.state().down
+    }
+
+    /// Break the resources of one storage account (see [`BreakMode`]).
+    pub fn break_account(&self, account: &str, mode: BreakMode) {
+        self.state().broken.insert(account.to_string(), mode);
+    }
+
+    pub fn heal_account(&self, account: &str) {
+        self.state().broken.remove(account);
+    }
+
+    pub fn broken(&self, account: &str) -> Option<BreakMode> {
+        self.state().broken.get(account).copied()
+    }
+
+    /// Lifetime (`se - now`) of the SAS handed out from now on, e.g. 2 s to test expiry.
+    pub fn set_sas_lifetime(&self, lifetime: Duration) {
+        self.state().sas_lifetime = lifetime;
+    }
+
+    pub fn sas_lifetime(&self) -> Duration {
+        self.state().sas_lifetime
+    }
+
+    /// Lifetime of the tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state().token_lifetime = lifetime;
+    }
+
+    pub fn token_lifetime(&self) -> Duration {
+        self.state().token_lifetime
+    }
+
+    /// `Some(status)`: the token endpoint answers that status with an error JSON.
+    pub fn fail_token_endpoint(&self, status: Option<u16>) {
+        self.state().token_failure = status;
+    }
+
+    pub fn token_failure(&self) -> Option<u16> {
+        self.state().token_failure
+    }
+
+    /// Clears every fault and restores the configured lifetimes (does not restart the DM).
+    pub fn reset(&self) {
+        let (sas, token) = self.inner.defaults;
+        let mut s = self.state();
+        s.statuses.clear();
+        s.delay = Duration::ZERO;
+        s.down = false;
+        s.broken.clear();
+        s.sas_lifetime = sas;
+        s.token_lifetime = token;
+        s.token_failure = None;
+    }
+
+    /// Closes the DM listener: new connections are refused, idle keep-alive
+    /// connections are closed. The token endpoint stays up. Blocks until refused.
+    pub fn stop_dm(&self) -> Result<()> {
+        let server = {
+            let mut dm = lock(&self.inner.dm);
+            let Some(sw) = dm.as_mut() else {
+                return Err(Error::Emulator("DM emulator is shut down".into()));
+            };
+            sw.server.take()
+        };
+        match server {
+            Some(s) => s.stop(),
+            None => Ok(()),
+        }
+    }
+
+    /// Re-opens the DM listener on the same port.
+    pub fn start_dm(&self) -> Result<()> {
+        let mut dm = lock(&self.inner.dm);
+        let Some(sw) = dm.as_mut() else {
+            return Err(Error::Emulator("DM emulator is shut down".into()));
+        };
+        if sw.server.is_none() {
+            sw.server = Some(Server::bind(&sw.rt, sw.port, sw.routes.clone())?);
+        }
+        Ok(())
+    }
+
+    /// Whether the DM listener is open.
+    pub fn dm_running(&self) -> bool {
+        lock(&self.inner.dm)
+            .as_ref()
+            .is_some_and(|sw| sw.server.is_some())
+    }
+
+    /// Snapshot for the control API.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let running = self.dm_running();
+        let s = self.state();
+        serde_json::json!({
+            "pending_statuses": s.statuses.iter().map(|(st, ra)| serde_json::json!([st, ra])).collect::<Vec<_>>(),
+            "delay_ms": s.delay.as_millis() as u64,
+            "down": s.down,
+            "dm_running": running,
+            "broken": s.broken,
+            "sas_lifetime_secs": s.sas_lifetime.as_secs_f64(),
+            "token_lifetime_secs": s.token_lifetime.as_secs_f64(),
+            "token_failure": s.token_failure,
+        })
+    }
+}

@@ -1,0 +1,523 @@
+//! A local Kusto Data Management endpoint for queued ingestion, backed by Azurite.
+//!
+//! Three loopback listeners, served from a runtime owned by the emulator (so it works
+//! from any test runtime, or none):
+//! * DM: `POST /v1/rest/mgmt` (+ `/_emulator/…` control API) — can be stopped/restarted;
+//! * identity: `GET /msi/token` (+ `/_emulator/…`) — stays up while the DM is stopped;
+//! * fake storage: null queue and `ServerBusy` account endpoint.
+
+mod control;
+mod faults;
+mod mgmt;
+mod null_queue;
+mod reply;
+mod server;
+mod state;
+pub mod tables;
+mod token;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use warp::Filter as _;
+use warp::http::{HeaderMap, Method};
+
+pub use faults::{BreakMode, Faults};
+pub use state::{MgmtRequest, TokenRequest};
+
+use crate::azurite::free_ports;
+use crate::error::{Error, Result};
+use crate::storage::AzuriteHandle;
+use server::{Routes, Server};
+use state::{Layout, Log, State, normalize_audience, normalize_command};
+
+/// Audiences the real DM is known to accept (reference §2.1); the emulator's own
+/// DM URL is always accepted as well.
+pub const DEFAULT_AUDIENCES: [&str; 3] = [
+    "https://kusto.kusto.windows.net",
+    "https://api.kusto.windows.net",
+    "https://help.kusto.windows.net",
+];
+
+/// Emulator configuration; `EmulatorConfig::default()` is what tests normally want.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Storage accounts to spread the queues over (at least two). Empty = the first
+    /// two accounts of the Azurite instance.
+    pub accounts: Vec<String>,
+    /// Ready-for-aggregation queues per account (default 2).
+    pub queues_per_account: usize,
+    /// Prefix of every queue/container/table name; unique per instance by default
+    /// (`rfa` + 8 hex chars) so emulators sharing one Azurite never see each other's messages.
+    /// Lowercase letters, digits and single hyphens, at most 30 chars.
+    pub queue_prefix: String,
+    /// SAS lifetime of the resources handed out (default 12 h, like the real DM).
+    pub sas_lifetime: Duration,
+    /// Lifetime of tokens from the identity endpoint (default 1 h).
+    pub token_lifetime: Duration,
+    /// Token audiences (`resource`) the DM accepts.
+    pub accepted_audiences: Vec<String>,
+    /// Point the ready-for-aggregation queues at the emulator's null queue (benchmarks).
+    pub null_queue: bool,
+    /// Secret expected in `X-IDENTITY-HEADER`; `None` = random.
+    pub identity_header: Option<String>,
+    /// Fixed ports (0 = any free port).
+    pub dm_port: u16,
+    pub identity_port: u16,
+    pub storage_port: u16,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        EmulatorConfig {
+            accounts: Vec::new(),
+            queues_per_account: 2,
+            queue_prefix: format!("rfa{}", &id[..8]),
+            sas_lifetime: Duration::from_secs(12 * 3600),
+            token_lifetime: Duration::from_secs(3600),
+            accepted_audiences: DEFAULT_AUDIENCES.iter().map(|s| s.to_string()).collect(),
+            null_queue: false,
+            identity_header: None,
+            dm_port: 0,
+            identity_port: 0,
+            storage_port: 0,
+        }
+    }
+}
+
+/// A message received from an ingestion queue.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    pub account: String,
+    pub queue: String,
+    /// Raw `MessageText` (base64 of the JSON for Kusto clients).
+    pub text: String,
+    /// `text` base64-decoded and parsed as JSON, when that works.
+    pub json: Option<serde_json::Value>,
+}
+
+/// The running emulator. Dropping it closes all listeners.
+pub struct DmEmulator {
+    state: Arc<State>,
+    faults: Faults,
+    servers: Mutex<Vec<Server>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for DmEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmEmulator")
+            .field("url", &self.state.dm_url)
+            .field("identity_endpoint", &self.state.identity_url)
+            .field("queues", &self.state.layout.ingestion_queues)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate_prefix(p: &str) -> Result<()> {
+    let ok = !p.is_empty()
+        && p.len() <= 30
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && p.as_bytes()[0].is_ascii_alphanumeric()
+        && !p.ends_with('-')
+        && !p.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "queue_prefix {p:?} must be 1-30 chars of lowercase letters, digits and single hyphens"
+        )))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Listener {
+    Dm,
+    Identity,
+    Storage,
+}
+
+fn routes(state: Arc<State>, which: Listener) -> Routes {
+    warp::any()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: HeaderMap,
+                  body: bytes::Bytes| {
+                let state = state.clone();
+                async move {
+                    let path = path.as_str();
+                    match which {
+                        Listener::Storage => null_queue::handle(state, &method, path, &body),
+                        _ if path.starts_with("/_emulator") => {
+                            control::handle(state, &method, path, body).await
+                        }
+                        Listener::Dm if path == "/v1/rest/mgmt" && method == Method::POST => {
+                            mgmt::handle(state, headers, body).await
+                        }
+                        Listener::Identity if path == "/msi/token" && method == Method::GET => {
+                            token::handle(state, &query, &headers)
+                        }
+                        _ => reply::not_found(&format!("{method} {path}")),
+                    }
+                }
+            },
+        )
+        .boxed()
+}
+
+impl DmEmulator {
+    /// Creates the queues/containers/table in Azurite, then opens the listeners.
+    pub async fn start(azurite: &AzuriteHandle, config: EmulatorConfig) -> Result<DmEmulator> {
+        let accounts: Vec<String> = if config.accounts.is_empty() {
+            azurite.accounts().into_iter().take(2).collect()
+        } else {
+            config.accounts.clone()
+        };
+        if accounts.len() < 2 {
+            return Err(Error::Config(format!(
+                "the DM emulator spreads queues over at least two storage accounts, got {accounts:?}"
+            )));
+        }
+        for a in &accounts {
+            azurite.account_key(a)?;
+        }
+        if config.queues_per_account == 0 {
+            return Err(Error::Config(
+                "queues_per_account must be at least 1".into(),
+            ));
+        }
+        let prefix = config.queue_prefix.clone();
+        validate_prefix(&prefix)?;
+
+        let layout =
+            Self::provision(azurite, &accounts, &prefix, config.queues_per_account).await?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kusto-dm-emulator")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("building the emulator runtime", e))?;
+
+        let bind = |port: u16| {
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .map_err(|e| Error::io(format!("binding 127.0.0.1:{port}"), e))
+        };
+        let dm_listener = bind(config.dm_port)?;
+        let id_listener = bind(config.identity_port)?;
+        let st_listener = bind(config.storage_port)?;
+        let port = |l: &std::net::TcpListener| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| Error::io("reading listener address", e))
+        };
+        let dm_url = format!("http://127.0.0.1:{}", port(&dm_listener)?);
+        let identity_url = format!("http://127.0.0.1:{}/msi/token", port(&id_listener)?);
+        let storage_url = format!("http://127.0.0.1:{}", port(&st_listener)?);
+
+        let mut audiences: Vec<String> = config
+            .accepted_audiences
+            .iter()
+            .map(|a| normalize_audience(a))
+            .collect();
+        audiences.push(normalize_audience(&dm_url));
+
+        let faults = Faults::new(config.sas_lifetime, config.token_lifetime);
+        let identity_header = config
+            .identity_header
+            .clone()
+            .unwrap_or_else(|| format!("emu-identity-{}", uuid::Uuid::new_v4().simple()));
+        let state = Arc::new(State {
+            dm_url,
+            identity_url,
+            storage_url,
+            identity_header,
+            audiences,
+            storage: azurite.clone(),
+            layout,
+            null_queue: config.null_queue,
+            faults: faults.clone(),
+            log: Mutex::new(Log::default()),
+            null_count: AtomicU64::new(0),
+            busy_count: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+
+        let rt = runtime.handle().clone();
+        let dm_routes = routes(state.clone(), Listener::Dm);
+        let dm_server = Server::start(&rt, dm_listener, dm_routes.clone())?;
+        faults.attach_dm(rt.clone(), dm_server, dm_routes);
+        let servers = vec![
+            Server::start(&rt, id_listener, routes(state.clone(), Listener::Identity))?,
+            Server::start(&rt, st_listener, routes(state.clone(), Listener::Storage))?,
+        ];
+        Ok(DmEmulator {
+            state,
+            faults,
+            servers: Mutex::new(servers),
+            runtime: Some(runtime),
+        })
+    }
+
+    async fn provision(
+        az: &AzuriteHandle,
+        accounts: &[String],
+        prefix: &str,
+        per_account: usize,
+    ) -> Result<Layout> {
+        // Interleave accounts so the first queues already span several accounts.
+        let ingestion_queues: Vec<(String, String)> = (0..per_account)
+            .flat_map(|_| accounts.iter())
+            .enumerate()
+            .map(|(n, a)| {
+                (
+                    a.clone(),
+                    format!("{prefix}-readyforaggregation-secured-{n}"),
+                )
+            })
+            .collect();
+        let first = accounts[0].clone();
+        let failed_queue = (first.clone(), format!("{prefix}-failedingestions"));
+        let successful_queue = (first.clone(), format!("{prefix}-successfulingestions"));
+        let today = time::OffsetDateTime::now_utc().date();
+        let day = format!(
+            "{:04}{:02}{:02}",
+            today.year(),
+            u8::from(today.month()),
+            today.day()
+        );
+        let temp_containers: Vec<(String, String)> = accounts
+            .iter()
+            .map(|a| (a.clone(), format!("{day}-ingestdata-{prefix}-0")))
+            .collect();
+        let table: String = prefix.chars().filter(char::is_ascii_alphanumeric).collect();
+        let status_table = (first, format!("ingestionsstatus{table}"));
+
+        let queues = ingestion_queues
+            .iter()
+            .chain([&failed_queue, &successful_queue]);
+        futures::future::try_join_all(queues.map(|(a, q)| az.create_queue(a, q))).await?;
+        futures::future::try_join_all(
+            temp_containers
+                .iter()
+                .map(|(a, c)| az.create_container(a, c)),
+        )
+        .await?;
+        az.create_table(&status_table.0, &status_table.1).await?;
+        Ok(Layout {
+            ingestion_queues,
+            failed_queue,
+            successful_queue,
+            temp_containers,
+            status_table,
+        })
+    }
+
+    // ----- settings for a handler -------------------------------------------------
+
+    /// DM base URL, `http://127.0.0.1:<port>` (use as `KUSTO_INGEST_URI`).
+    pub fn url(&self) -> &str {
+        &self.state.dm_url
+    }
+
+    /// `http://127.0.0.1:<port>/msi/token` (use as `IDENTITY_ENDPOINT`).
+    pub fn identity_endpoint(&self) -> &str {
+        &self.state.identity_url
+    }
+
+    /// Secret for `IDENTITY_HEADER`.
+    pub fn identity_header(&self) -> &str {
+        &self.state.identity_header
+    }
+
+    /// Base URL of the `/_emulator` control API on the identity listener (always up).
+    pub fn control_url(&self) -> String {
+        self.state
+            .identity_url
+            .trim_end_matches("/msi/token")
+            .to_string()
+            + "/_emulator"
+    }
+
+    /// Base URL of the fake storage listener (null queue / ServerBusy endpoint).
+    pub fn fake_storage_url(&self) -> &str {
+        &self.state.storage_url
+    }
+
+    /// `[("KUSTO_INGEST_URI", …), ("IDENTITY_ENDPOINT", …), ("IDENTITY_HEADER", …)]`.
+    pub fn handler_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KUSTO_INGEST_URI".into(), self.url().into()),
+            ("IDENTITY_ENDPOINT".into(), self.identity_endpoint().into()),
+            ("IDENTITY_HEADER".into(), self.identity_header().into()),
+        ]
+    }
+
+    // ----- layout -----------------------------------------------------------------
+
+    /// The Azurite instance the resources live in.
+    pub fn azurite(&self) -> &AzuriteHandle {
+        &self.state.storage
+    }
+
+    /// `(account, queue)` of every ready-for-aggregation queue.
+    pub fn ingestion_queues(&self) -> Vec<(String, String)> {
+        self.state.layout.ingestion_queues.clone()
+    }
+
+    /// `(account, queue)` of the failed-ingestions queue.
+    pub fn failed_queue(&self) -> (String, String) {
+        self.state.layout.failed_queue.clone()
+    }
+
+    /// `(account, queue)` of the successful-ingestions queue.
+    pub fn successful_queue(&self) -> (String, String) {
+        self.state.layout.successful_queue.clone()
+    }
+
+    /// `(account, container)` of every TempStorage container.
+    pub fn temp_containers(&self) -> Vec<(String, String)> {
+        self.state.layout.temp_containers.clone()
+    }
+
+    /// `(account, table)` of the ingestion status table.
+    pub fn status_table(&self) -> (String, String) {
+        self.state.layout.status_table.clone()
+    }
+
+    /// The rows `.get ingestion resources` would answer right now.
+    pub fn ingestion_resources(&self) -> Vec<(String, String)> {
+        mgmt::resource_rows(&self.state)
+    }
+
+    /// Dequeues every message of every ingestion queue (base64 JSON decoded when possible).
+    pub async fn receive_ingestion_messages(&self) -> Result<Vec<ReceivedMessage>> {
+        let mut out = Vec::new();
+        for (account, queue) in &self.state.layout.ingestion_queues {
+            for text in self.state.storage.receive_all(account, queue).await? {
+                let json = base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                out.push(ReceivedMessage {
+                    account: account.clone(),
+                    queue: queue.clone(),
+                    text,
+                    json,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- tokens and logs --------------------------------------------------------
+
+    /// Issues a token directly (as if requested from the identity endpoint, not logged).
+    pub fn issue_token(&self, resource: &str) -> String {
+        self.state.issue_token(resource).0
+    }
+
+    /// Every `POST /v1/rest/mgmt` so far.
+    pub fn mgmt_requests(&self) -> Vec<MgmtRequest> {
+        self.state.log().mgmt.clone()
+    }
+
+    /// Requests for `command` (normalized: case, whitespace) that reached command
+    /// handling — authenticated, parseable body — whatever their status (injected
+    /// faults included; 401s, malformed bodies and "down" 503s excluded).
+    pub fn command_count(&self, command: &str) -> usize {
+        let wanted = normalize_command(command);
+        self.state
+            .log()
+            .mgmt
+            .iter()
+            .filter(|r| r.handled && normalize_command(&r.command) == wanted)
+            .count()
+    }
+
+    /// Every token endpoint request so far.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.state.log().token.clone()
+    }
+
+    /// `AuthorizationContext` values handed out by `.get kusto identity token`.
+    pub fn issued_authorization_contexts(&self) -> Vec<String> {
+        self.state.log().authorization_contexts.clone()
+    }
+
+    /// Messages accepted by the null queue.
+    pub fn null_queue_count(&self) -> u64 {
+        self.state.null_count.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered `503 ServerBusy` by the fake storage endpoint.
+    pub fn server_busy_count(&self) -> u64 {
+        self.state.busy_count.load(Ordering::Relaxed)
+    }
+
+    /// Clears the request logs and counters (not the faults).
+    pub fn clear_logs(&self) {
+        let mut log = self.state.log();
+        log.mgmt.clear();
+        log.token.clear();
+        self.state.null_count.store(0, Ordering::Relaxed);
+        self.state.busy_count.store(0, Ordering::Relaxed);
+    }
+
+    // ----- faults -----------------------------------------------------------------
+
+    /// Cloneable fault-injection handle.
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// Closes the DM listener (connection refused); the token endpoint stays up.
+    pub fn stop_dm(&self) -> Result<()> {
+        self.faults.stop_dm()
+    }
+
+    /// Re-opens the DM listener on the same port.
+    pub fn start_dm(&self) -> Result<()> {
+        self.faults.start_dm()
+    }
+
+    /// Closes all listeners now (also done on drop).
+    pub fn shutdown(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        // Dropping the DM switch also breaks the Faults -> routes -> State -> Faults cycle.
+        self.faults.detach_dm();
+        self.servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so dropping the emulator inside an async test is fine.
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for DmEmulator {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Free loopback ports, e.g. to give the binary fixed ports.
+pub fn pick_free_ports(n: usize) -> Result<Vec<u16>> {
+    free_ports(n)
+}

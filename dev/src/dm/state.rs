@@ -1,0 +1,176 @@
+//! State shared by the emulator's handlers and the test-facing accessors:
+//! layout of the storage resources, issued tokens, request logs.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::faults::Faults;
+use crate::storage::AzuriteHandle;
+
+/// One request to `POST /v1/rest/mgmt`, as seen by the emulator.
+#[derive(Debug, Clone, Serialize)]
+pub struct MgmtRequest {
+    /// The `csl` text, trimmed (empty when the body was not valid JSON).
+    pub command: String,
+    /// The `db` field, if any.
+    pub db: Option<String>,
+    /// Status the emulator answered.
+    pub status: u16,
+    /// Whether an `Authorization` header was present (its value is never recorded).
+    pub authorization_present: bool,
+    /// The `x-ms-client-request-id` header.
+    pub client_request_id: Option<String>,
+    /// All request headers in arrival order, names lowercase; the `Authorization`
+    /// value is replaced by `<redacted>`.
+    pub headers: Vec<(String, String)>,
+    /// Passed authentication with a parseable body, i.e. reached command handling
+    /// (including requests answered by injected statuses). See `command_count`.
+    pub handled: bool,
+    /// When the request arrived.
+    #[serde(skip)]
+    pub at: Instant,
+}
+
+impl MgmtRequest {
+    /// Value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Names of all headers sent (lowercase).
+    pub fn header_names(&self) -> Vec<&str> {
+        self.headers.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+/// One request to the managed-identity token endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRequest {
+    /// `resource` query parameter (the scope without `/.default`).
+    pub resource: Option<String>,
+    /// `client_id` query parameter (user-assigned identity).
+    pub client_id: Option<String>,
+    pub object_id: Option<String>,
+    pub msi_res_id: Option<String>,
+    pub api_version: Option<String>,
+    /// `X-IDENTITY-HEADER` matched the emulator's secret.
+    pub identity_header_ok: bool,
+    /// `metadata: true` header present.
+    pub metadata_header: bool,
+    pub status: u16,
+    #[serde(skip)]
+    pub at: Instant,
+}
+
+/// A token issued by the token endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct IssuedToken {
+    pub resource: String,
+    pub expires_at: Instant,
+}
+
+/// Storage resources the emulator created in Azurite.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub ingestion_queues: Vec<(String, String)>,
+    pub failed_queue: (String, String),
+    pub successful_queue: (String, String),
+    pub temp_containers: Vec<(String, String)>,
+    pub status_table: (String, String),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Log {
+    pub mgmt: Vec<MgmtRequest>,
+    pub token: Vec<TokenRequest>,
+    pub tokens: HashMap<String, IssuedToken>,
+    pub authorization_contexts: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub dm_url: String,
+    pub identity_url: String,
+    pub storage_url: String,
+    pub identity_header: String,
+    /// Normalized (see [`normalize_audience`]).
+    pub audiences: Vec<String>,
+    pub storage: AzuriteHandle,
+    pub layout: Layout,
+    pub null_queue: bool,
+    pub faults: Faults,
+    pub log: Mutex<Log>,
+    pub null_count: AtomicU64,
+    pub busy_count: AtomicU64,
+    pub started: Instant,
+}
+
+impl State {
+    pub(crate) fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Issues a token for `resource` valid for the current token lifetime.
+    pub(crate) fn issue_token(&self, resource: &str) -> (String, Duration) {
+        let lifetime = self.faults.token_lifetime();
+        let token = format!("emu-token-{}", uuid::Uuid::new_v4());
+        self.log().tokens.insert(
+            token.clone(),
+            IssuedToken {
+                resource: resource.to_string(),
+                expires_at: Instant::now() + lifetime,
+            },
+        );
+        (token, lifetime)
+    }
+
+    /// Checks an `Authorization` header value; `Err` carries the 401 reason.
+    pub(crate) fn check_bearer(&self, authorization: Option<&str>) -> Result<(), String> {
+        let Some(value) = authorization else {
+            return Err("missing Authorization header".into());
+        };
+        let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        else {
+            return Err("Authorization header is not a Bearer token".into());
+        };
+        let issued = self.log().tokens.get(token.trim()).cloned();
+        let Some(issued) = issued else {
+            return Err("token was not issued by this emulator's identity endpoint".into());
+        };
+        if Instant::now() >= issued.expires_at {
+            return Err("token expired (IDX10223: Lifetime validation failed)".into());
+        }
+        let aud = normalize_audience(&issued.resource);
+        if !self.audiences.contains(&aud) {
+            return Err(format!(
+                "token audience '{}' is not accepted by this service (accepted: {:?})",
+                issued.resource, self.audiences
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Audience comparison ignores case, a trailing `/` and a `/.default` suffix.
+pub(crate) fn normalize_audience(a: &str) -> String {
+    let a = a.trim();
+    let a = a.strip_suffix("/.default").unwrap_or(a);
+    a.trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// Normalized management command: trimmed, lowercase, single spaces.
+pub(crate) fn normalize_command(c: &str) -> String {
+    c.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase()
+}

@@ -1,0 +1,19 @@
+//! Local stack for kusto-ingest-api tests and benchmarks:
+//!
+//! * [`azurite::Azurite`] — installs (npm, pinned) and runs Azurite, plus storage REST
+//!   helpers ([`storage::AzuriteHandle`]) signing their own SAS ([`sas`]).
+//! * [`dm::DmEmulator`] — a Kusto Data Management endpoint (`POST /v1/rest/mgmt`) and a
+//!   managed-identity token endpoint (`GET /msi/token`) with request logs and fault injection.
+
+pub mod azurite;
+pub mod dm;
+pub mod error;
+pub mod sas;
+mod spawn;
+pub mod storage;
+mod xml;
+
+pub use azurite::Azurite;
+pub use dm::{BreakMode, DmEmulator, EmulatorConfig, Faults};
+pub use error::{Error, Result};
+pub use storage::{AzuriteHandle, StorageAccount};
