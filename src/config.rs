@@ -37,15 +37,29 @@ impl DmEndpoint {
         match url.scheme() {
             "https" => {}
             "http" if is_loopback_host(host) => {}
-            _ => return Err(format!("'{raw}' must use https (http only for loopback hosts)")),
+            _ => {
+                return Err(format!(
+                    "'{raw}' must use https (http only for loopback hosts)"
+                ));
+            }
         }
-        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("'{raw}' must be a plain endpoint without query, fragment or user info"));
+        if url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(format!(
+                "'{raw}' must be a plain endpoint without query, fragment or user info"
+            ));
         }
         if url.path() != "/" && !url.path().is_empty() {
-            return Err(format!("'{raw}' must not have a path (expected https://ingest-<cluster>.<region>.kusto.windows.net)"));
+            return Err(format!(
+                "'{raw}' must not have a path (expected https://ingest-<cluster>.<region>.kusto.windows.net)"
+            ));
         }
-        Ok(Self(url.origin().ascii_serialization().to_ascii_lowercase()))
+        Ok(Self(
+            url.origin().ascii_serialization().to_ascii_lowercase(),
+        ))
     }
 
     /// The management endpoint the DM commands are posted to.
@@ -91,6 +105,9 @@ pub struct Settings {
     pub routes: RouteTable,
     /// Whether the Event Grid path reads blob metadata (one Get Blob Properties call per blob).
     pub read_blob_metadata: bool,
+    /// SAS (query string) for reading blob metadata on loopback storage (Azurite) in local runs,
+    /// where no managed identity exists. Never sent to any other host.
+    pub local_blob_sas: Option<String>,
 }
 
 impl Settings {
@@ -101,12 +118,19 @@ impl Settings {
     /// Reads settings through `lookup`, so tests can supply them without touching the process
     /// environment. Empty values count as unset (ARM templates pass "" for optional settings).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
 
         let port = match get("FUNCTIONS_CUSTOMHANDLER_PORT") {
-            Some(v) => v
-                .parse::<u16>()
-                .map_err(|_| bad("FUNCTIONS_CUSTOMHANDLER_PORT", format!("'{v}' is not a port number")))?,
+            Some(v) => v.parse::<u16>().map_err(|_| {
+                bad(
+                    "FUNCTIONS_CUSTOMHANDLER_PORT",
+                    format!("'{v}' is not a port number"),
+                )
+            })?,
             None => DEFAULT_PORT,
         };
         let default_dm_raw = get("KUSTO_INGEST_URI").ok_or_else(|| {
@@ -115,26 +139,39 @@ impl Settings {
                 "is required: the Data Management endpoint, e.g. https://ingest-mycluster.westeurope.kusto.windows.net",
             )
         })?;
-        let default_dm = DmEndpoint::parse(&default_dm_raw).map_err(|m| bad("KUSTO_INGEST_URI", m))?;
+        let default_dm =
+            DmEndpoint::parse(&default_dm_raw).map_err(|m| bad("KUSTO_INGEST_URI", m))?;
         let mut allowed_dms = BTreeSet::from([default_dm.clone()]);
         if let Some(list) = get("KUSTO_ALLOWED_INGEST_URIS") {
             for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                allowed_dms.insert(DmEndpoint::parse(item).map_err(|m| bad("KUSTO_ALLOWED_INGEST_URIS", m))?);
+                allowed_dms.insert(
+                    DmEndpoint::parse(item).map_err(|m| bad("KUSTO_ALLOWED_INGEST_URIS", m))?,
+                );
             }
         }
-        let token_scope = get("KUSTO_TOKEN_SCOPE").unwrap_or_else(|| DEFAULT_TOKEN_SCOPE.to_owned());
+        let token_scope =
+            get("KUSTO_TOKEN_SCOPE").unwrap_or_else(|| DEFAULT_TOKEN_SCOPE.to_owned());
         if Url::parse(&token_scope).is_err() {
-            return Err(bad("KUSTO_TOKEN_SCOPE", format!("'{token_scope}' is not a URL-shaped AAD scope")));
+            return Err(bad(
+                "KUSTO_TOKEN_SCOPE",
+                format!("'{token_scope}' is not a URL-shaped AAD scope"),
+            ));
         }
         let default_properties = match get("INGEST_DEFAULT_PROPERTIES") {
             None => PropertyBag::new(),
             Some(raw) => match serde_json::from_str::<serde_json::Value>(&raw) {
                 Ok(serde_json::Value::Object(map)) => {
                     let bag = PropertyBag::from_map(map);
-                    bag.validate().map_err(|e| bad("INGEST_DEFAULT_PROPERTIES", e.to_string()))?;
+                    bag.validate()
+                        .map_err(|e| bad("INGEST_DEFAULT_PROPERTIES", e.to_string()))?;
                     bag
                 }
-                _ => return Err(bad("INGEST_DEFAULT_PROPERTIES", "must be a JSON object of ingestion properties")),
+                _ => {
+                    return Err(bad(
+                        "INGEST_DEFAULT_PROPERTIES",
+                        "must be a JSON object of ingestion properties",
+                    ));
+                }
             },
         };
         let routes = match get("INGEST_ROUTES") {
@@ -147,16 +184,38 @@ impl Settings {
             allowed_dms,
             token_scope,
             client_id: get("AZURE_CLIENT_ID"),
-            max_blobs: positive(get("INGEST_MAX_BLOBS"), "INGEST_MAX_BLOBS", DEFAULT_MAX_BLOBS)?,
-            max_body_bytes: positive(get("INGEST_MAX_BODY_BYTES"), "INGEST_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
-            max_concurrency: positive(get("INGEST_MAX_CONCURRENCY"), "INGEST_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)?,
+            max_blobs: positive(
+                get("INGEST_MAX_BLOBS"),
+                "INGEST_MAX_BLOBS",
+                DEFAULT_MAX_BLOBS,
+            )?,
+            max_body_bytes: positive(
+                get("INGEST_MAX_BODY_BYTES"),
+                "INGEST_MAX_BODY_BYTES",
+                DEFAULT_MAX_BODY_BYTES,
+            )?,
+            max_concurrency: positive(
+                get("INGEST_MAX_CONCURRENCY"),
+                "INGEST_MAX_CONCURRENCY",
+                DEFAULT_MAX_CONCURRENCY,
+            )?,
             default_properties,
             routes,
-            read_blob_metadata: match get("INGEST_READ_BLOB_METADATA").map(|v| v.to_ascii_lowercase()) {
+            local_blob_sas: get(crate::eventgrid::metadata::LOCAL_BLOB_SAS_SETTING)
+                .map(|v| v.trim_start_matches('?').to_owned())
+                .filter(|v| !v.is_empty()),
+            read_blob_metadata: match get("INGEST_READ_BLOB_METADATA")
+                .map(|v| v.to_ascii_lowercase())
+            {
                 None => false,
                 Some(v) if v == "true" || v == "1" => true,
                 Some(v) if v == "false" || v == "0" => false,
-                Some(v) => return Err(bad("INGEST_READ_BLOB_METADATA", format!("'{v}' is not true or false"))),
+                Some(v) => {
+                    return Err(bad(
+                        "INGEST_READ_BLOB_METADATA",
+                        format!("'{v}' is not true or false"),
+                    ));
+                }
             },
         })
     }
@@ -178,14 +237,20 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn dm_endpoint_is_normalised_and_must_be_https() {
         let dm = DmEndpoint::parse("https://Ingest-Cluster.westeurope.kusto.windows.net/").unwrap();
-        assert_eq!(dm.as_str(), "https://ingest-cluster.westeurope.kusto.windows.net");
+        assert_eq!(
+            dm.as_str(),
+            "https://ingest-cluster.westeurope.kusto.windows.net"
+        );
         assert!(DmEndpoint::parse("http://ingest-cluster.kusto.windows.net").is_err());
         assert!(DmEndpoint::parse("http://127.0.0.1:8080").is_ok());
         assert!(DmEndpoint::parse("https://x.kusto.windows.net/v1/rest/mgmt").is_err());
@@ -195,12 +260,18 @@ mod tests {
     #[test]
     fn required_and_bad_settings_are_named() {
         assert_eq!(settings(&[]).unwrap_err().name, "KUSTO_INGEST_URI");
-        let e = settings(&[("KUSTO_INGEST_URI", "https://ingest-a.kusto.windows.net"), ("INGEST_MAX_BLOBS", "0")])
-            .unwrap_err();
+        let e = settings(&[
+            ("KUSTO_INGEST_URI", "https://ingest-a.kusto.windows.net"),
+            ("INGEST_MAX_BLOBS", "0"),
+        ])
+        .unwrap_err();
         assert_eq!(e.name, "INGEST_MAX_BLOBS");
         let e = settings(&[
             ("KUSTO_INGEST_URI", "https://ingest-a.kusto.windows.net"),
-            ("KUSTO_ALLOWED_INGEST_URIS", "https://ok.kusto.windows.net, http://evil.example.com"),
+            (
+                "KUSTO_ALLOWED_INGEST_URIS",
+                "https://ok.kusto.windows.net, http://evil.example.com",
+            ),
         ])
         .unwrap_err();
         assert_eq!(e.name, "KUSTO_ALLOWED_INGEST_URIS");
@@ -216,7 +287,10 @@ mod tests {
     fn allowlist_always_contains_the_default() {
         let s = settings(&[
             ("KUSTO_INGEST_URI", "https://ingest-a.kusto.windows.net"),
-            ("KUSTO_ALLOWED_INGEST_URIS", "https://ingest-b.kusto.windows.net,"),
+            (
+                "KUSTO_ALLOWED_INGEST_URIS",
+                "https://ingest-b.kusto.windows.net,",
+            ),
             ("INGEST_MAX_BLOBS", ""),
         ])
         .unwrap();

@@ -24,10 +24,14 @@ fn parse_entity_name(kind: &str, raw: &str) -> Result<String, DomainError> {
         return Err(err(format!("{kind} name must not be empty")));
     }
     if trimmed.chars().count() > MAX_ENTITY_NAME {
-        return Err(err(format!("{kind} name is longer than {MAX_ENTITY_NAME} characters")));
+        return Err(err(format!(
+            "{kind} name is longer than {MAX_ENTITY_NAME} characters"
+        )));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(err(format!("{kind} name must not contain control characters")));
+        return Err(err(format!(
+            "{kind} name must not contain control characters"
+        )));
     }
     Ok(trimmed.to_owned())
 }
@@ -119,10 +123,14 @@ pub struct BlobUri {
 impl BlobUri {
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
         if raw.len() > MAX_BLOB_URI {
-            return Err(err(format!("blob URI is longer than {MAX_BLOB_URI} characters")));
+            return Err(err(format!(
+                "blob URI is longer than {MAX_BLOB_URI} characters"
+            )));
         }
         if raw.trim() != raw || raw.is_empty() {
-            return Err(err("blob URI must be a non-empty absolute URL without surrounding spaces"));
+            return Err(err(
+                "blob URI must be a non-empty absolute URL without surrounding spaces",
+            ));
         }
         if raw.chars().any(char::is_control) {
             return Err(err("blob URI must not contain control characters"));
@@ -137,8 +145,16 @@ impl BlobUri {
         match url.scheme() {
             "https" => {}
             "http" if is_loopback_host(host) => {}
-            "http" => return Err(err("blob URI must use https (http is accepted only for loopback hosts)")),
-            other => return Err(err(format!("blob URI scheme '{other}' is not supported; use https"))),
+            "http" => {
+                return Err(err(
+                    "blob URI must use https (http is accepted only for loopback hosts)",
+                ));
+            }
+            other => {
+                return Err(err(format!(
+                    "blob URI scheme '{other}' is not supported; use https"
+                )));
+            }
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(err("blob URI must not carry user info"));
@@ -166,7 +182,10 @@ impl BlobUri {
 
     /// The last path segment, lower-cased, for compression and format inference.
     pub fn file_name(&self) -> &str {
-        self.without_credentials().rsplit('/').next().unwrap_or_default()
+        self.without_credentials()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
     }
 
     /// True when the blob name says the content is compressed, so its stored size is not the raw size.
@@ -244,22 +263,37 @@ mod tests {
 
     #[test]
     fn blob_uri_display_hides_sas() {
-        let uri = BlobUri::parse("https://acct.blob.core.windows.net/c/a.csv?sv=2021&sig=SECRET").unwrap();
-        assert_eq!(uri.to_string(), "https://acct.blob.core.windows.net/c/a.csv?<redacted>");
-        assert_eq!(format!("{uri:?}"), "BlobUri(https://acct.blob.core.windows.net/c/a.csv?<redacted>)");
+        let uri = BlobUri::parse("https://acct.blob.core.windows.net/c/a.csv?sv=2021&sig=SECRET")
+            .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://acct.blob.core.windows.net/c/a.csv?<redacted>"
+        );
+        assert_eq!(
+            format!("{uri:?}"),
+            "BlobUri(https://acct.blob.core.windows.net/c/a.csv?<redacted>)"
+        );
         assert!(uri.expose_with_credentials().ends_with("sig=SECRET"));
     }
 
     #[test]
     fn blob_uri_display_hides_managed_identity_suffix() {
-        let uri = BlobUri::parse("https://acct.blob.core.windows.net/c/a.csv;managed_identity=system").unwrap();
-        assert_eq!(uri.to_string(), "https://acct.blob.core.windows.net/c/a.csv?<redacted>");
+        let uri =
+            BlobUri::parse("https://acct.blob.core.windows.net/c/a.csv;managed_identity=system")
+                .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://acct.blob.core.windows.net/c/a.csv?<redacted>"
+        );
     }
 
     #[test]
     fn blob_uri_without_secret_prints_plainly() {
         let uri = BlobUri::parse("https://acct.blob.core.windows.net/c/dir/a.csv.gz").unwrap();
-        assert_eq!(uri.to_string(), "https://acct.blob.core.windows.net/c/dir/a.csv.gz");
+        assert_eq!(
+            uri.to_string(),
+            "https://acct.blob.core.windows.net/c/dir/a.csv.gz"
+        );
         assert!(uri.is_compressed());
         assert_eq!(uri.file_name(), "a.csv.gz");
     }
@@ -294,14 +328,22 @@ mod tests {
         let id = SourceId::parse("11111111-2222-4333-8444-555555555555").unwrap();
         assert_eq!(id.to_string(), "11111111-2222-4333-8444-555555555555");
         let ns = Uuid::nil();
-        assert_eq!(SourceId::derived_from(&ns, "e1"), SourceId::derived_from(&ns, "e1"));
-        assert_ne!(SourceId::derived_from(&ns, "e1"), SourceId::derived_from(&ns, "e2"));
+        assert_eq!(
+            SourceId::derived_from(&ns, "e1"),
+            SourceId::derived_from(&ns, "e1")
+        );
+        assert_ne!(
+            SourceId::derived_from(&ns, "e1"),
+            SourceId::derived_from(&ns, "e2")
+        );
     }
 
     #[test]
     fn scrub_secrets_redacts_urls_in_text() {
         assert_eq!(
-            scrub_secrets("error sending request for url (https://a.queue.core.windows.net/q/messages?sv=1&sig=abc): refused"),
+            scrub_secrets(
+                "error sending request for url (https://a.queue.core.windows.net/q/messages?sv=1&sig=abc): refused"
+            ),
             "error sending request for url (https://a.queue.core.windows.net/q/messages?<redacted>): refused"
         );
         assert_eq!(scrub_secrets("no url here"), "no url here");

@@ -31,7 +31,8 @@ impl Identity {
                 ..ClientOptions::default()
             },
         };
-        let credential = ManagedIdentityCredential::new(Some(options)).map_err(|e| e.to_string())?;
+        let credential =
+            ManagedIdentityCredential::new(Some(options)).map_err(|e| e.to_string())?;
         Ok(Self { credential })
     }
 

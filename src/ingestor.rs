@@ -54,7 +54,9 @@ pub enum IngestError {
 impl IngestError {
     pub fn code(&self) -> &'static str {
         match self {
-            IngestError::Dm(DmError::Identity(_)) | IngestError::StorageIdentity(_) => "IdentityUnavailable",
+            IngestError::Dm(DmError::Identity(_)) | IngestError::StorageIdentity(_) => {
+                "IdentityUnavailable"
+            }
             IngestError::Dm(e) if e.is_transient() => "DataManagementUnavailable",
             IngestError::Dm(DmError::Unauthorized { .. }) => "DataManagementUnauthorized",
             IngestError::Dm(_) => "DataManagementRejected",
@@ -71,7 +73,9 @@ impl IngestError {
     /// How long a caller should wait before trying again, for transient failures.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            IngestError::Dm(e) if e.is_transient() => Some(e.retry_after().unwrap_or(Duration::from_secs(10))),
+            IngestError::Dm(e) if e.is_transient() => {
+                Some(e.retry_after().unwrap_or(Duration::from_secs(10)))
+            }
             IngestError::StorageIdentity(_) => Some(Duration::from_secs(10)),
             IngestError::Dm(_) => None,
         }
@@ -96,7 +100,11 @@ pub struct Ingestor {
 impl Ingestor {
     pub fn new(settings: Arc<Settings>) -> Result<Self, String> {
         let identity = Identity::from_settings(&settings)?;
-        let client = Arc::new(DmClient::new(identity.clone(), settings.token_scope.clone(), RetryPolicy::default())?);
+        let client = Arc::new(DmClient::new(
+            identity.clone(),
+            settings.token_scope.clone(),
+            RetryPolicy::default(),
+        )?);
         let caches = settings
             .allowed_dms
             .iter()
@@ -125,25 +133,33 @@ impl Ingestor {
         };
         let not_allowed = || DmNotAllowed(crate::domain::redact_url(raw));
         let dm = DmEndpoint::parse(raw).map_err(|_| not_allowed())?;
-        if self.caches.contains_key(&dm) { Ok(dm) } else { Err(not_allowed()) }
+        if self.caches.contains_key(&dm) {
+            Ok(dm)
+        } else {
+            Err(not_allowed())
+        }
     }
 
     /// A bearer token for Storage (reading blob properties with the app's identity).
     pub async fn storage_token(&self) -> Result<String, IngestError> {
-        self.identity.token(STORAGE_SCOPE).await.map_err(IngestError::StorageIdentity)
+        self.identity
+            .token(STORAGE_SCOPE)
+            .await
+            .map_err(IngestError::StorageIdentity)
     }
 
     /// Queues every job; the outcomes are in the order of `jobs`. Fails as a whole only when no
     /// resources can be had from the DM.
-    pub async fn ingest(&self, dm: &DmEndpoint, jobs: &[BlobJob]) -> Result<Vec<BlobOutcome>, IngestError> {
-        let cache = self
-            .caches
-            .get(dm)
-            .ok_or_else(|| DmError::Rejected {
-                endpoint: dm.to_string(),
-                status: 403,
-                message: "not an allowed Data Management endpoint".to_owned(),
-            })?;
+    pub async fn ingest(
+        &self,
+        dm: &DmEndpoint,
+        jobs: &[BlobJob],
+    ) -> Result<Vec<BlobOutcome>, IngestError> {
+        let cache = self.caches.get(dm).ok_or_else(|| DmError::Rejected {
+            endpoint: dm.to_string(),
+            status: 403,
+            message: "not an allowed Data Management endpoint".to_owned(),
+        })?;
         let snapshot = cache.get().await?;
         let created_at = creation_time_now();
         let outcomes = futures::future::join_all(
@@ -154,7 +170,13 @@ impl Ingestor {
         Ok(outcomes)
     }
 
-    async fn queue_one(&self, cache: &ResourceCache, snapshot: Arc<Snapshot>, job: &BlobJob, created_at: &str) -> BlobOutcome {
+    async fn queue_one(
+        &self,
+        cache: &ResourceCache,
+        snapshot: Arc<Snapshot>,
+        job: &BlobJob,
+        created_at: &str,
+    ) -> BlobOutcome {
         let mut snapshot = snapshot;
         let mut refetched = false;
         loop {
@@ -190,7 +212,9 @@ impl Ingestor {
                         Err(error) => {
                             return BlobOutcome::Failed(BlobFailure {
                                 code: "QueueAuthorizationFailed",
-                                message: format!("the queues refused their SAS and fresh resources could not be fetched: {error}"),
+                                message: format!(
+                                    "the queues refused their SAS and fresh resources could not be fetched: {error}"
+                                ),
                                 transient: true,
                             });
                         }
@@ -199,7 +223,9 @@ impl Ingestor {
                 Err(PostError::AuthenticationFailed(reason)) => {
                     return BlobOutcome::Failed(BlobFailure {
                         code: "QueueAuthorizationFailed",
-                        message: format!("the ingestion queues refused their SAS even after a refresh ({reason})"),
+                        message: format!(
+                            "the ingestion queues refused their SAS even after a refresh ({reason})"
+                        ),
                         transient: true,
                     });
                 }
@@ -222,9 +248,17 @@ impl Ingestor {
     }
 
     /// Tries up to three distinct queues, best-ranked first, recording each result.
-    async fn post_with_failover(&self, cache: &ResourceCache, snapshot: &Snapshot, job: &BlobJob, text: String) -> Result<(), PostError> {
+    async fn post_with_failover(
+        &self,
+        cache: &ResourceCache,
+        snapshot: &Snapshot,
+        job: &BlobJob,
+        text: String,
+    ) -> Result<(), PostError> {
         let Ok(_permit) = self.posts.acquire().await else {
-            return Err(PostError::Unavailable("the handler is shutting down".to_owned()));
+            return Err(PostError::Unavailable(
+                "the handler is shutting down".to_owned(),
+            ));
         };
         let pool = &snapshot.pool;
         let mut last_error = PostError::Unavailable("no ingestion queue is known".to_owned());
@@ -246,7 +280,11 @@ impl Ingestor {
                             cache.invalidate(snapshot.generation);
                             last_error = error;
                         }
-                        PostError::Unavailable(_) if !matches!(last_error, PostError::AuthenticationFailed(_)) => last_error = error,
+                        PostError::Unavailable(_)
+                            if !matches!(last_error, PostError::AuthenticationFailed(_)) =>
+                        {
+                            last_error = error
+                        }
                         PostError::Unavailable(_) => {}
                         // Any queue would refuse this message.
                         PostError::Rejected(_) => return Err(error),

@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     // stdout is captured by the Functions host and shipped to Application Insights.
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_ansi(false)
         .init();
     let settings = match Settings::from_env() {

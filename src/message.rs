@@ -1,8 +1,8 @@
 //! The ingestion message the DM reads from its `SecuredReadyForAggregationQueue`: the Python SDK's
 //! keys and order (reference §4.1–4.4), serialized with serde, then base64 of the UTF-8 JSON.
 
-use crate::domain::{BlobUri, DatabaseName, SourceId, TableName};
 use crate::dm::AuthorizationContext;
+use crate::domain::{BlobUri, DatabaseName, SourceId, TableName};
 use crate::properties::IngestionSpec;
 use base64::Engine;
 use serde::Serialize;
@@ -13,7 +13,11 @@ use serde_json::Value;
 pub const MAX_ENCODED_MESSAGE: usize = 64 * 1024;
 
 pub const APPLICATION_FOR_TRACING: &str = "kusto-ingest-api";
-pub const CLIENT_VERSION_FOR_TRACING: &str = concat!("Kusto.IngestApi:{", env!("CARGO_PKG_VERSION"), "}|Runtime.{rust}");
+pub const CLIENT_VERSION_FOR_TRACING: &str = concat!(
+    "Kusto.IngestApi:{",
+    env!("CARGO_PKG_VERSION"),
+    "}|Runtime.{rust}"
+);
 
 /// Everything needed to describe one blob to the DM.
 pub struct IngestionMessage<'a> {
@@ -67,7 +71,9 @@ impl Serialize for Additional<'_> {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
-    #[error("the encoded ingestion message is {size} bytes, over the queue's {MAX_ENCODED_MESSAGE}-byte limit; shorten the blob's properties (an inline ingestionMapping is the usual cause) or use a mapping reference")]
+    #[error(
+        "the encoded ingestion message is {size} bytes, over the queue's {MAX_ENCODED_MESSAGE}-byte limit; shorten the blob's properties (an inline ingestionMapping is the usual cause) or use a mapping reference"
+    )]
     TooLarge { size: usize },
 }
 
@@ -121,12 +127,16 @@ mod tests {
     use serde_json::json;
 
     fn spec(props: Value) -> IngestionSpec {
-        let Value::Object(map) = props else { unreachable!("object") };
+        let Value::Object(map) = props else {
+            unreachable!("object")
+        };
         IngestionSpec::from_bag(PropertyBag::from_map(map)).unwrap()
     }
 
     fn decode(text: &str) -> Value {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(text).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
 
@@ -164,13 +174,19 @@ mod tests {
                 r#""ingestionMappingReference":"MyMapping","format":"multijson","ingestionMappingType":"Json"}}"#
             )
         );
-        assert_eq!(decode(&msg.encode().unwrap()), serde_json::from_str::<Value>(&json).unwrap());
+        assert_eq!(
+            decode(&msg.encode().unwrap()),
+            serde_json::from_str::<Value>(&json).unwrap()
+        );
     }
 
     #[test]
     fn unknown_size_is_left_out() {
         let blob = BlobUri::parse("https://a.blob.core.windows.net/c/b.csv").unwrap();
-        let (db, table) = (DatabaseName::parse("d").unwrap(), TableName::parse("t").unwrap());
+        let (db, table) = (
+            DatabaseName::parse("d").unwrap(),
+            TableName::parse("t").unwrap(),
+        );
         let spec = spec(json!({}));
         let auth = AuthorizationContext::new("tok".to_owned());
         for size in [None, Some(0)] {
@@ -191,7 +207,10 @@ mod tests {
     #[test]
     fn oversized_message_is_refused() {
         let blob = BlobUri::parse("https://a.blob.core.windows.net/c/b.csv").unwrap();
-        let (db, table) = (DatabaseName::parse("d").unwrap(), TableName::parse("t").unwrap());
+        let (db, table) = (
+            DatabaseName::parse("d").unwrap(),
+            TableName::parse("t").unwrap(),
+        );
         let spec = spec(json!({"ingestionMapping": "x".repeat(50_000)}));
         let auth = AuthorizationContext::new("tok".to_owned());
         let msg = IngestionMessage {
@@ -204,6 +223,8 @@ mod tests {
             authorization_context: &auth,
             created_at: "t",
         };
-        assert!(matches!(msg.encode(), Err(EncodeError::TooLarge { size }) if size > MAX_ENCODED_MESSAGE));
+        assert!(
+            matches!(msg.encode(), Err(EncodeError::TooLarge { size }) if size > MAX_ENCODED_MESSAGE)
+        );
     }
 }

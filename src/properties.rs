@@ -31,7 +31,9 @@ fn property_group(key: &str) -> String {
         | "jsonmappingreference"
         | "avromappingreference"
         | "ingestionmappingreference" => "ingestionmappingreference".to_owned(),
-        "csvmapping" | "jsonmapping" | "avromapping" | "ingestionmapping" => "ingestionmapping".to_owned(),
+        "csvmapping" | "jsonmapping" | "avromapping" | "ingestionmapping" => {
+            "ingestionmapping".to_owned()
+        }
         _ => lower,
     }
 }
@@ -45,7 +47,9 @@ pub struct PropertyBag {
 impl fmt::Debug for PropertyBag {
     // Values may hold anything a caller passed; keys are enough to debug precedence.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.entries.iter().map(|(k, _)| k)).finish()
+        f.debug_list()
+            .entries(self.entries.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -87,7 +91,10 @@ impl PropertyBag {
 
     fn take(&mut self, key: &str) -> Option<(String, Value)> {
         let group = property_group(key);
-        let at = self.entries.iter().position(|(k, _)| property_group(k) == group)?;
+        let at = self
+            .entries
+            .iter()
+            .position(|(k, _)| property_group(k) == group)?;
         Some(self.entries.remove(at))
     }
 
@@ -195,11 +202,16 @@ impl IngestionSpec {
 
         let format = match bag.get("format") {
             None => DEFAULT_FORMAT.to_owned(),
-            Some(Value::String(s)) if DATA_FORMATS.contains(&s.to_ascii_lowercase().as_str()) => s.to_ascii_lowercase(),
+            Some(Value::String(s)) if DATA_FORMATS.contains(&s.to_ascii_lowercase().as_str()) => {
+                s.to_ascii_lowercase()
+            }
             Some(Value::String(s)) => {
                 return Err(invalid(
                     "format",
-                    format!("'{s}' is not a Kusto data format (expected one of {})", DATA_FORMATS.join(", ")),
+                    format!(
+                        "'{s}' is not a Kusto data format (expected one of {})",
+                        DATA_FORMATS.join(", ")
+                    ),
                 ));
             }
             Some(_) => return Err(invalid("format", "must be a string such as \"csv\"")),
@@ -207,9 +219,13 @@ impl IngestionSpec {
         if bag.get("format").is_none() {
             bag.set("format", Value::String(format.clone()));
         }
-        let has_mapping = bag.get("ingestionMappingReference").is_some() || bag.get("ingestionMapping").is_some();
+        let has_mapping =
+            bag.get("ingestionMappingReference").is_some() || bag.get("ingestionMapping").is_some();
         if has_mapping && bag.get("ingestionMappingType").is_none() {
-            bag.set("ingestionMappingType", Value::String(mapping_kind(&format).to_owned()));
+            bag.set(
+                "ingestionMappingType",
+                Value::String(mapping_kind(&format).to_owned()),
+            );
         }
 
         let mut additional = Vec::with_capacity(bag.entries.len());
@@ -262,7 +278,12 @@ fn parse_report_level(key: &str, value: &Value) -> Result<ReportLevel, PropertyE
         },
         _ => None,
     };
-    level.ok_or_else(|| invalid(key, "must be one of \"failuresOnly\", \"none\", \"failuresAndSuccesses\" (or 0, 1, 2)"))
+    level.ok_or_else(|| {
+        invalid(
+            key,
+            "must be one of \"failuresOnly\", \"none\", \"failuresAndSuccesses\" (or 0, 1, 2)",
+        )
+    })
 }
 
 fn parse_report_method(key: &str, value: &Value) -> Result<ReportMethod, PropertyError> {
@@ -298,12 +319,17 @@ fn json_array_string(key: &str, value: Value) -> Result<Value, PropertyError> {
 fn check_datetime(key: &str, value: Value) -> Result<Value, PropertyError> {
     let ok = value
         .as_str()
-        .map(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok())
+        .map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+        })
         .unwrap_or(false);
     if ok {
         Ok(value)
     } else {
-        Err(invalid(key, "must be an ISO 8601 date-time such as \"2024-01-31T12:00:00Z\""))
+        Err(invalid(
+            key,
+            "must be an ISO 8601 date-time such as \"2024-01-31T12:00:00Z\"",
+        ))
     }
 }
 
@@ -336,7 +362,10 @@ mod tests {
 
     #[test]
     fn strings_pass_through_untouched() {
-        let spec = IngestionSpec::from_bag(bag(json!({"ignoreFirstRecord": "true", "zipPattern": "*.csv"}))).unwrap();
+        let spec = IngestionSpec::from_bag(bag(
+            json!({"ignoreFirstRecord": "true", "zipPattern": "*.csv"}),
+        ))
+        .unwrap();
         assert_eq!(
             additional(&spec),
             json!({"ignoreFirstRecord": "true", "zipPattern": "*.csv", "format": "csv"})
@@ -367,7 +396,10 @@ mod tests {
 
     #[test]
     fn tag_arrays_become_json_array_strings() {
-        let spec = IngestionSpec::from_bag(bag(json!({"tags": ["a", "drop-by:x"], "ingestIfNotExists": ["b"]}))).unwrap();
+        let spec = IngestionSpec::from_bag(bag(
+            json!({"tags": ["a", "drop-by:x"], "ingestIfNotExists": ["b"]}),
+        ))
+        .unwrap();
         assert_eq!(
             additional(&spec),
             json!({"tags": "[\"a\",\"drop-by:x\"]", "ingestIfNotExists": "[\"b\"]", "format": "csv"})

@@ -60,7 +60,11 @@ impl Window {
             weighted += f64::from(*ok) / f64::from(*total) * weight;
             weights += weight;
         }
-        if weights == 0.0 { 1.0 } else { weighted / weights }
+        if weights == 0.0 {
+            1.0
+        } else {
+            weighted / weights
+        }
     }
 }
 
@@ -68,7 +72,10 @@ impl AccountRanking {
     pub fn record(&self, account: &str, success: bool) {
         let now = Instant::now();
         if let Ok(mut accounts) = self.accounts.lock() {
-            accounts.entry(account.to_owned()).or_default().record(now, success);
+            accounts
+                .entry(account.to_owned())
+                .or_default()
+                .record(now, success);
         }
     }
 
@@ -79,7 +86,10 @@ impl AccountRanking {
             .ok()
             .and_then(|a| a.get(account).map(|w| w.rank(now)))
             .unwrap_or(1.0);
-        TIERS.iter().position(|&threshold| rank >= threshold).unwrap_or(TIERS.len() - 1)
+        TIERS
+            .iter()
+            .position(|&threshold| rank >= threshold)
+            .unwrap_or(TIERS.len() - 1)
     }
 }
 
@@ -97,7 +107,9 @@ pub enum PostError {
 impl PostError {
     pub fn message(&self) -> &str {
         match self {
-            PostError::AuthenticationFailed(m) | PostError::Rejected(m) | PostError::Unavailable(m) => m,
+            PostError::AuthenticationFailed(m)
+            | PostError::Rejected(m)
+            | PostError::Unavailable(m) => m,
         }
     }
 }
@@ -130,8 +142,14 @@ impl QueuePool {
                 },
                 ..QueueClientOptions::default()
             };
-            let client = QueueClient::new(resource.url.clone(), None, Some(options))
-                .map_err(|e| format!("queue {}: {}", resource.redacted(), crate::domain::scrub_secrets(&e.to_string())))?;
+            let client =
+                QueueClient::new(resource.url.clone(), None, Some(options)).map_err(|e| {
+                    format!(
+                        "queue {}: {}",
+                        resource.redacted(),
+                        crate::domain::scrub_secrets(&e.to_string())
+                    )
+                })?;
             targets.push(Target {
                 resource: resource.clone(),
                 client,
@@ -140,14 +158,21 @@ impl QueuePool {
         }
         let mut by_account: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            match by_account.iter_mut().find(|(a, _)| *a == t.resource.account) {
+            match by_account
+                .iter_mut()
+                .find(|(a, _)| *a == t.resource.account)
+            {
                 Some((_, list)) => list.push(i),
                 None => by_account.push((t.resource.account.clone(), vec![i])),
             }
         }
         let deepest = by_account.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
         let interleaved = (0..deepest)
-            .flat_map(|depth| by_account.iter().filter_map(move |(_, list)| list.get(depth).copied()))
+            .flat_map(|depth| {
+                by_account
+                    .iter()
+                    .filter_map(move |(_, list)| list.get(depth).copied())
+            })
             .collect();
         Ok(Self {
             targets,
@@ -174,10 +199,16 @@ impl QueuePool {
         for offset in 0..n {
             let index = self.interleaved[(start + offset) % n];
             let account = self.targets[index].resource.account.as_str();
-            let tier = *account_tier.entry(account).or_insert_with(|| ranking.tier(account, now));
+            let tier = *account_tier
+                .entry(account)
+                .or_insert_with(|| ranking.tier(account, now));
             tiers[tier].push(index);
         }
-        tiers.into_iter().flatten().take(MAX_QUEUE_ATTEMPTS).collect()
+        tiers
+            .into_iter()
+            .flatten()
+            .take(MAX_QUEUE_ATTEMPTS)
+            .collect()
     }
 
     pub fn account(&self, index: usize) -> &str {
@@ -195,10 +226,16 @@ impl QueuePool {
             message_text: Some(text),
         }
         .try_into()
-        .map_err(|e: azure_core::Error| PostError::Rejected(format!("cannot serialize the queue message: {e}")))?;
-        let sent = tokio::time::timeout(POST_TIMEOUT, target.client.send_message(content, None)).await;
+        .map_err(|e: azure_core::Error| {
+            PostError::Rejected(format!("cannot serialize the queue message: {e}"))
+        })?;
+        let sent =
+            tokio::time::timeout(POST_TIMEOUT, target.client.send_message(content, None)).await;
         match sent {
-            Err(_) => Err(PostError::Unavailable(format!("no answer within {} s", POST_TIMEOUT.as_secs()))),
+            Err(_) => Err(PostError::Unavailable(format!(
+                "no answer within {} s",
+                POST_TIMEOUT.as_secs()
+            ))),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(classify(&error)),
         }
@@ -207,7 +244,9 @@ impl QueuePool {
 
 fn classify(error: &azure_core::Error) -> PostError {
     match error.kind() {
-        ErrorKind::HttpResponse { status, error_code, .. } => {
+        ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => {
             let status = u16::from(*status);
             let code = error_code.as_deref().unwrap_or("");
             let message = if code.is_empty() {
@@ -217,7 +256,9 @@ fn classify(error: &azure_core::Error) -> PostError {
             };
             match (status, code) {
                 (403, _) => PostError::AuthenticationFailed(message),
-                (413, _) | (400, "MessageTooLarge") | (400, "RequestBodyTooLarge") => PostError::Rejected(message),
+                (413, _) | (400, "MessageTooLarge") | (400, "RequestBodyTooLarge") => {
+                    PostError::Rejected(message)
+                }
                 _ => PostError::Unavailable(message),
             }
         }
@@ -239,18 +280,30 @@ mod tests {
             rows.join(",")
         );
         let response: crate::dm::v1::V1Response = serde_json::from_str(&body).unwrap();
-        crate::dm::IngestionResources::from_response(&response).unwrap().queues
+        crate::dm::IngestionResources::from_response(&response)
+            .unwrap()
+            .queues
     }
 
     #[test]
     fn round_robin_covers_every_queue_and_alternates_accounts() {
-        let pool = QueuePool::new(&resources(&[("a", "q1"), ("a", "q2"), ("b", "q1"), ("b", "q2")])).unwrap();
+        let pool = QueuePool::new(&resources(&[
+            ("a", "q1"),
+            ("a", "q2"),
+            ("b", "q1"),
+            ("b", "q2"),
+        ]))
+        .unwrap();
         let ranking = AccountRanking::default();
         let mut firsts = Vec::new();
         for _ in 0..4 {
             let c = pool.candidates(&ranking);
             assert_eq!(c.len(), MAX_QUEUE_ATTEMPTS);
-            assert_ne!(pool.account(c[0]), pool.account(c[1]), "a retry goes to the other account");
+            assert_ne!(
+                pool.account(c[0]),
+                pool.account(c[1]),
+                "a retry goes to the other account"
+            );
             firsts.push(c[0]);
         }
         firsts.sort();

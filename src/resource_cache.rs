@@ -71,7 +71,9 @@ impl ResourceCache {
     }
 
     fn needs_refresh(&self, snapshot: &Snapshot, now: Instant) -> bool {
-        now >= snapshot.refresh_at || !snapshot.usable(now) || self.invalidated.load(Ordering::Acquire) == snapshot.generation
+        now >= snapshot.refresh_at
+            || !snapshot.usable(now)
+            || self.invalidated.load(Ordering::Acquire) == snapshot.generation
     }
 
     fn recent_failure(&self, now: Instant) -> Option<DmError> {
@@ -104,7 +106,10 @@ impl ResourceCache {
                 let Ok(_guard) = self.refresh.try_lock() else {
                     return Ok(snapshot.clone());
                 };
-                return Ok(self.refresh_locked(Some(snapshot.clone())).await.unwrap_or_else(|_| snapshot.clone()));
+                return Ok(self
+                    .refresh_locked(Some(snapshot.clone()))
+                    .await
+                    .unwrap_or_else(|_| snapshot.clone()));
             }
         }
         let _guard = self.refresh.lock().await;
@@ -125,7 +130,10 @@ impl ResourceCache {
     }
 
     /// Fetches both commands concurrently. Callers hold `self.refresh`.
-    async fn refresh_locked(&self, previous: Option<Arc<Snapshot>>) -> Result<Arc<Snapshot>, DmError> {
+    async fn refresh_locked(
+        &self,
+        previous: Option<Arc<Snapshot>>,
+    ) -> Result<Arc<Snapshot>, DmError> {
         let started = Instant::now();
         let (resources, token) = tokio::join!(
             self.client.ingestion_resources(&self.dm),
@@ -133,10 +141,11 @@ impl ResourceCache {
         );
         let built = resources.and_then(|resources| {
             let token = token?;
-            let pool = QueuePool::new(&resources.queues).map_err(|reason| DmError::InvalidResponse {
-                endpoint: self.dm.to_string(),
-                reason,
-            })?;
+            let pool =
+                QueuePool::new(&resources.queues).map_err(|reason| DmError::InvalidResponse {
+                    endpoint: self.dm.to_string(),
+                    reason,
+                })?;
             Ok((resources, token, pool))
         });
         match built {
@@ -145,7 +154,9 @@ impl ResourceCache {
                 let sas_left = resources
                     .sas_expiry()
                     .map(|expiry| {
-                        let secs = (expiry - OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64;
+                        let secs = (expiry - OffsetDateTime::now_utc())
+                            .whole_milliseconds()
+                            .max(0) as u64;
                         Duration::from_millis(secs)
                     })
                     .unwrap_or(Duration::from_secs(12 * 3600));

@@ -14,7 +14,11 @@ const GET_INGESTION_RESOURCES: &str = ".get ingestion resources";
 const GET_IDENTITY_TOKEN: &str = ".get kusto identity token";
 /// The database the SDKs address these commands to; the DM ignores it for them.
 const DEFAULT_DB: &str = "NetDefaultDB";
-const CLIENT_VERSION: &str = concat!("Kusto.IngestApi:{", env!("CARGO_PKG_VERSION"), "}|Runtime.{rust}");
+const CLIENT_VERSION: &str = concat!(
+    "Kusto.IngestApi:{",
+    env!("CARGO_PKG_VERSION"),
+    "}|Runtime.{rust}"
+);
 
 /// How DM calls are retried: only throttling (429), 5xx and unreachable endpoints, with
 /// exponential backoff and jitter, honouring `Retry-After` up to `max_delay`.
@@ -71,7 +75,10 @@ impl DmClient {
         })
     }
 
-    pub async fn ingestion_resources(&self, dm: &DmEndpoint) -> Result<IngestionResources, DmError> {
+    pub async fn ingestion_resources(
+        &self,
+        dm: &DmEndpoint,
+    ) -> Result<IngestionResources, DmError> {
         let response = self.execute(dm, GET_INGESTION_RESOURCES).await?;
         IngestionResources::from_response(&response).map_err(|reason| DmError::InvalidResponse {
             endpoint: dm.to_string(),
@@ -89,10 +96,15 @@ impl DmClient {
         let column = table.column("AuthorizationContext").map_err(invalid)?;
         match table.rows.as_slice() {
             [row] => match V1Table::string_at(row, column) {
-                Some(token) if !token.trim().is_empty() => Ok(AuthorizationContext::new(token.to_owned())),
+                Some(token) if !token.trim().is_empty() => {
+                    Ok(AuthorizationContext::new(token.to_owned()))
+                }
                 _ => Err(invalid("the identity token is empty".to_owned())),
             },
-            rows => Err(invalid(format!("expected one identity-token row, got {}", rows.len()))),
+            rows => Err(invalid(format!(
+                "expected one identity-token row, got {}",
+                rows.len()
+            ))),
         }
     }
 
@@ -114,7 +126,11 @@ impl DmClient {
 
     async fn execute_once(&self, dm: &DmEndpoint, command: &str) -> Result<V1Response, DmError> {
         let endpoint = dm.to_string();
-        let token = self.identity.token(&self.scope).await.map_err(DmError::Identity)?;
+        let token = self
+            .identity
+            .token(&self.scope)
+            .await
+            .map_err(DmError::Identity)?;
         let request_id = format!("KIA.execute;{}", Uuid::new_v4());
         let started = std::time::Instant::now();
         let response = self
@@ -147,11 +163,16 @@ impl DmClient {
         })?;
         tracing::debug!(dm = %dm, command, status, request_id, elapsed_ms = started.elapsed().as_millis() as u64, "DM call");
         match status {
-            200 => serde_json::from_slice::<V1Response>(&body).map_err(|e| DmError::InvalidResponse {
+            200 => {
+                serde_json::from_slice::<V1Response>(&body).map_err(|e| DmError::InvalidResponse {
+                    endpoint,
+                    reason: format!("not a v1 JSON table: {e}"),
+                })
+            }
+            429 => Err(DmError::Throttled {
                 endpoint,
-                reason: format!("not a v1 JSON table: {e}"),
+                retry_after,
             }),
-            429 => Err(DmError::Throttled { endpoint, retry_after }),
             401 | 403 => Err(DmError::Unauthorized {
                 endpoint,
                 status,

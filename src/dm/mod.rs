@@ -39,19 +39,36 @@ pub enum DmError {
     #[error("the DM at {endpoint} could not be reached: {reason}")]
     Unreachable { endpoint: String, reason: String },
     #[error("the DM at {endpoint} is throttling requests (HTTP 429){}", retry_hint(.retry_after))]
-    Throttled { endpoint: String, retry_after: Option<Duration> },
+    Throttled {
+        endpoint: String,
+        retry_after: Option<Duration>,
+    },
     #[error("the DM at {endpoint} failed with HTTP {status}: {message}")]
-    Server { endpoint: String, status: u16, message: String },
+    Server {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
     #[error("the DM at {endpoint} refused the app's identity (HTTP {status}): {message}")]
-    Unauthorized { endpoint: String, status: u16, message: String },
+    Unauthorized {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
     #[error("the DM at {endpoint} rejected the command (HTTP {status}): {message}")]
-    Rejected { endpoint: String, status: u16, message: String },
+    Rejected {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
     #[error("the DM at {endpoint} answered with something other than the expected table: {reason}")]
     InvalidResponse { endpoint: String, reason: String },
 }
 
 fn retry_hint(retry_after: &Option<Duration>) -> String {
-    retry_after.map(|d| format!("; retry after {} s", d.as_secs())).unwrap_or_default()
+    retry_after
+        .map(|d| format!("; retry after {} s", d.as_secs()))
+        .unwrap_or_default()
 }
 
 impl DmError {
@@ -59,7 +76,10 @@ impl DmError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            DmError::Identity(_) | DmError::Unreachable { .. } | DmError::Throttled { .. } | DmError::Server { .. }
+            DmError::Identity(_)
+                | DmError::Unreachable { .. }
+                | DmError::Throttled { .. }
+                | DmError::Server { .. }
         )
     }
 

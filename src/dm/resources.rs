@@ -27,7 +27,8 @@ impl fmt::Debug for QueueResource {
 
 impl QueueResource {
     fn parse(raw: &str) -> Result<Self, String> {
-        let url = Url::parse(raw).map_err(|e| format!("queue URI {} is not a URL: {e}", redact_url(raw)))?;
+        let url = Url::parse(raw)
+            .map_err(|e| format!("queue URI {} is not a URL: {e}", redact_url(raw)))?;
         let host = url.host_str().unwrap_or_default().to_owned();
         match url.scheme() {
             "https" => {}
@@ -36,18 +37,30 @@ impl QueueResource {
         }
         let path_style = is_loopback_host(&host) || host.parse::<std::net::IpAddr>().is_ok();
         let account = if path_style {
-            url.path_segments().and_then(|mut s| s.next()).unwrap_or_default().to_owned()
+            url.path_segments()
+                .and_then(|mut s| s.next())
+                .unwrap_or_default()
+                .to_owned()
         } else {
             host.split('.').next().unwrap_or_default().to_owned()
         };
         if account.is_empty() {
-            return Err(format!("queue URI {} names no storage account", redact_url(raw)));
+            return Err(format!(
+                "queue URI {} names no storage account",
+                redact_url(raw)
+            ));
         }
         let sas_expiry = url
             .query_pairs()
             .find(|(k, _)| k == "se")
-            .and_then(|(_, v)| OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339).ok());
-        Ok(Self { account, url, sas_expiry })
+            .and_then(|(_, v)| {
+                OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339).ok()
+            });
+        Ok(Self {
+            account,
+            url,
+            sas_expiry,
+        })
     }
 
     pub fn redacted(&self) -> String {
@@ -72,7 +85,10 @@ impl IngestionResources {
         let mut queues = Vec::new();
         let mut other_resources = 0;
         for row in &table.rows {
-            let (Some(kind), Some(root)) = (V1Table::string_at(row, type_col), V1Table::string_at(row, root_col)) else {
+            let (Some(kind), Some(root)) = (
+                V1Table::string_at(row, type_col),
+                V1Table::string_at(row, root_col),
+            ) else {
                 return Err("a resource row is missing its type or storage root".to_owned());
             };
             // Unknown resource types are ignored, as the Python, Go and Node SDKs do.
@@ -85,7 +101,10 @@ impl IngestionResources {
         if queues.is_empty() {
             return Err("no SecuredReadyForAggregationQueue was returned".to_owned());
         }
-        Ok(Self { queues, other_resources })
+        Ok(Self {
+            queues,
+            other_resources,
+        })
     }
 
     /// The earliest SAS expiry among the queues: past it, these resources are useless.
@@ -134,10 +153,17 @@ mod tests {
 
     #[test]
     fn rejects_missing_queues_and_insecure_urls() {
-        assert!(IngestionResources::from_response(&response(r#"["TempStorage","https://a.blob.core.windows.net/c"]"#)).is_err());
         assert!(
-            IngestionResources::from_response(&response(r#"["SecuredReadyForAggregationQueue","http://evil.example.com/acct/q"]"#))
-                .is_err()
+            IngestionResources::from_response(&response(
+                r#"["TempStorage","https://a.blob.core.windows.net/c"]"#
+            ))
+            .is_err()
+        );
+        assert!(
+            IngestionResources::from_response(&response(
+                r#"["SecuredReadyForAggregationQueue","http://evil.example.com/acct/q"]"#
+            ))
+            .is_err()
         );
     }
 }

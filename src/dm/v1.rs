@@ -29,7 +29,9 @@ pub struct V1Column {
 impl V1Response {
     /// The primary result: the first table, as the SDKs read it.
     pub fn primary(&self) -> Result<&V1Table, String> {
-        self.tables.first().ok_or_else(|| "the response has no table".to_owned())
+        self.tables
+            .first()
+            .ok_or_else(|| "the response has no table".to_owned())
     }
 }
 
@@ -112,7 +114,10 @@ mod tests {
             KustoErrorBody::summarize(body),
             "BadRequest: Cannot get ingestion resources from this service endpoint."
         );
-        assert_eq!(KustoErrorBody::summarize(b"  "), "no details in the response body");
+        assert_eq!(
+            KustoErrorBody::summarize(b"  "),
+            "no details in the response body"
+        );
         assert_eq!(KustoErrorBody::summarize(b"oops"), "oops");
     }
 }

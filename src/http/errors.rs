@@ -29,8 +29,13 @@ pub enum ApiError {
     InvalidJson(String),
     /// One or more fields are missing or invalid; the first is the headline.
     InvalidFields(Vec<ErrorDetail>),
-    TooManyBlobs { count: usize, max: usize },
-    BodyTooLarge { max: usize },
+    TooManyBlobs {
+        count: usize,
+        max: usize,
+    },
+    BodyTooLarge {
+        max: usize,
+    },
     DmNotAllowed(String),
     NotFound,
 }
@@ -48,14 +53,25 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         let (headline, details) = match self {
             ApiError::InvalidJson(reason) => (
-                ErrorDetail::new("InvalidJson", format!("The request body is not valid JSON: {reason}"), None),
+                ErrorDetail::new(
+                    "InvalidJson",
+                    format!("The request body is not valid JSON: {reason}"),
+                    None,
+                ),
                 vec![],
             ),
             ApiError::InvalidFields(errors) => {
-                let first = errors.first().cloned().unwrap_or_else(|| ErrorDetail::new("InvalidField", "invalid request", None));
+                let first = errors
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| ErrorDetail::new("InvalidField", "invalid request", None));
                 let headline = if errors.len() > 1 {
                     ErrorDetail {
-                        message: format!("{} (and {} more problems, see details)", first.message, errors.len() - 1),
+                        message: format!(
+                            "{} (and {} more problems, see details)",
+                            first.message,
+                            errors.len() - 1
+                        ),
                         ..first
                     }
                 } else {
@@ -66,7 +82,9 @@ impl ApiError {
             ApiError::TooManyBlobs { count, max } => (
                 ErrorDetail::new(
                     "TooManyBlobs",
-                    format!("The request lists {count} blobs; at most {max} are accepted per request (setting INGEST_MAX_BLOBS). Split it into several requests."),
+                    format!(
+                        "The request lists {count} blobs; at most {max} are accepted per request (setting INGEST_MAX_BLOBS). Split it into several requests."
+                    ),
                     Some("blobs".to_owned()),
                 ),
                 vec![],
@@ -74,7 +92,9 @@ impl ApiError {
             ApiError::BodyTooLarge { max } => (
                 ErrorDetail::new(
                     "BodyTooLarge",
-                    format!("The request body is larger than {max} bytes (setting INGEST_MAX_BODY_BYTES)."),
+                    format!(
+                        "The request body is larger than {max} bytes (setting INGEST_MAX_BODY_BYTES)."
+                    ),
                     None,
                 ),
                 vec![],
@@ -82,7 +102,9 @@ impl ApiError {
             ApiError::DmNotAllowed(uri) => (
                 ErrorDetail::new(
                     "DataManagementUriNotAllowed",
-                    format!("'{uri}' is not an allowed Data Management endpoint; allowed endpoints are configured with KUSTO_INGEST_URI and KUSTO_ALLOWED_INGEST_URIS."),
+                    format!(
+                        "'{uri}' is not an allowed Data Management endpoint; allowed endpoints are configured with KUSTO_INGEST_URI and KUSTO_ALLOWED_INGEST_URIS."
+                    ),
                     Some("dataManagementUri".to_owned()),
                 ),
                 vec![],

@@ -69,7 +69,12 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// A required non-empty string field.
-fn required_str<'a>(obj: &'a Map<String, Value>, key: &str, target: &str, problems: &mut Problems) -> Option<&'a str> {
+fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    target: &str,
+    problems: &mut Problems,
+) -> Option<&'a str> {
     match obj.get(key) {
         None | Some(Value::Null) => {
             problems.missing(target);
@@ -81,14 +86,22 @@ fn required_str<'a>(obj: &'a Map<String, Value>, key: &str, target: &str, proble
         }
         Some(Value::String(s)) => Some(s),
         Some(other) => {
-            problems.invalid(target, format!("must be a string, not {}", type_name(other)));
+            problems.invalid(
+                target,
+                format!("must be a string, not {}", type_name(other)),
+            );
             None
         }
     }
 }
 
 /// An optional object of ingestion properties.
-fn property_object(obj: &Map<String, Value>, key: &str, target: &str, problems: &mut Problems) -> PropertyBag {
+fn property_object(
+    obj: &Map<String, Value>,
+    key: &str,
+    target: &str,
+    problems: &mut Problems,
+) -> PropertyBag {
     match obj.get(key) {
         None | Some(Value::Null) => PropertyBag::new(),
         Some(Value::Object(map)) => {
@@ -99,7 +112,13 @@ fn property_object(obj: &Map<String, Value>, key: &str, target: &str, problems: 
             bag
         }
         Some(other) => {
-            problems.invalid(target, format!("must be an object of ingestion properties, not {}", type_name(other)));
+            problems.invalid(
+                target,
+                format!(
+                    "must be an object of ingestion properties, not {}",
+                    type_name(other)
+                ),
+            );
             PropertyBag::new()
         }
     }
@@ -112,19 +131,30 @@ fn raw_data_size(value: Option<&Value>, target: &str, problems: &mut Problems) -
         // The Logic App's expressions often produce numbers as strings.
         Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => s.trim().parse().ok(),
         Some(_) => {
-            problems.invalid(target, "must be a non-negative integer (the uncompressed size in bytes)");
+            problems.invalid(
+                target,
+                "must be a non-negative integer (the uncompressed size in bytes)",
+            );
             None
         }
     }
 }
 
 /// Parses and validates the whole body. `max_blobs` is checked before any blob is parsed.
-pub fn parse(body: &[u8], max_blobs: usize, defaults: &PropertyBag) -> Result<IngestRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+pub fn parse(
+    body: &[u8],
+    max_blobs: usize,
+    defaults: &PropertyBag,
+) -> Result<IngestRequest, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Value::Object(obj) = value else {
         return Err(ApiError::InvalidFields(vec![ErrorDetail::new(
             "InvalidField",
-            format!("The request body must be a JSON object, not {}.", type_name(&value)),
+            format!(
+                "The request body must be a JSON object, not {}.",
+                type_name(&value)
+            ),
             None,
         )]));
     };
@@ -147,26 +177,43 @@ pub fn parse(body: &[u8], max_blobs: usize, defaults: &PropertyBag) -> Result<In
         }
         Some(Value::Array(items)) => items.as_slice(),
         Some(other) => {
-            problems.invalid("blobs", format!("must be an array, not {}", type_name(other)));
+            problems.invalid(
+                "blobs",
+                format!("must be an array, not {}", type_name(other)),
+            );
             &[][..]
         }
     };
 
-    let database = required_str(&obj, "database", "database", &mut problems)
-        .and_then(|s| DatabaseName::parse(s).map_err(|e| problems.invalid("database", e.to_string())).ok());
-    let table = required_str(&obj, "table", "table", &mut problems)
-        .and_then(|s| TableName::parse(s).map_err(|e| problems.invalid("table", e.to_string())).ok());
+    let database = required_str(&obj, "database", "database", &mut problems).and_then(|s| {
+        DatabaseName::parse(s)
+            .map_err(|e| problems.invalid("database", e.to_string()))
+            .ok()
+    });
+    let table = required_str(&obj, "table", "table", &mut problems).and_then(|s| {
+        TableName::parse(s)
+            .map_err(|e| problems.invalid("table", e.to_string()))
+            .ok()
+    });
     let data_management_uri = match obj.get("dataManagementUri") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            problems.invalid("dataManagementUri", format!("must be a string, not {}", type_name(other)));
+            problems.invalid(
+                "dataManagementUri",
+                format!("must be a string, not {}", type_name(other)),
+            );
             None
         }
     };
 
     // Request level: additionalProperties, then the typed fields over them.
-    let mut request_props = property_object(&obj, "additionalProperties", "additionalProperties", &mut problems);
+    let mut request_props = property_object(
+        &obj,
+        "additionalProperties",
+        "additionalProperties",
+        &mut problems,
+    );
     let mut typed = PropertyBag::new();
     for key in REQUEST_PROPERTIES {
         if let Some(value) = obj.get(*key).filter(|v| !v.is_null()) {
@@ -184,29 +231,51 @@ pub fn parse(body: &[u8], max_blobs: usize, defaults: &PropertyBag) -> Result<In
     for (i, item) in blobs.iter().enumerate() {
         let at = format!("blobs[{i}]");
         let Value::Object(blob) = item else {
-            problems.invalid(&at, format!("must be an object with a blobUri, not {}", type_name(item)));
+            problems.invalid(
+                &at,
+                format!("must be an object with a blobUri, not {}", type_name(item)),
+            );
             continue;
         };
         let uri_target = format!("{at}.blobUri");
-        let uri = required_str(blob, "blobUri", &uri_target, &mut problems)
-            .and_then(|s| BlobUri::parse(s).map_err(|e| problems.invalid(&uri_target, e.to_string())).ok());
+        let uri = required_str(blob, "blobUri", &uri_target, &mut problems).and_then(|s| {
+            BlobUri::parse(s)
+                .map_err(|e| problems.invalid(&uri_target, e.to_string()))
+                .ok()
+        });
         let source_target = format!("{at}.sourceId");
         let source_id = match blob.get("sourceId") {
             None | Some(Value::Null) => Some(SourceId::new_random()),
-            Some(Value::String(s)) => SourceId::parse(s).map_err(|e| problems.invalid(&source_target, e.to_string())).ok(),
+            Some(Value::String(s)) => SourceId::parse(s)
+                .map_err(|e| problems.invalid(&source_target, e.to_string()))
+                .ok(),
             Some(other) => {
-                problems.invalid(&source_target, format!("must be a GUID string, not {}", type_name(other)));
+                problems.invalid(
+                    &source_target,
+                    format!("must be a GUID string, not {}", type_name(other)),
+                );
                 None
             }
         };
-        let size = raw_data_size(blob.get("rawDataSize"), &format!("{at}.rawDataSize"), &mut problems);
-        let blob_props = property_object(blob, "additionalProperties", &format!("{at}.additionalProperties"), &mut problems);
+        let size = raw_data_size(
+            blob.get("rawDataSize"),
+            &format!("{at}.rawDataSize"),
+            &mut problems,
+        );
+        let blob_props = property_object(
+            blob,
+            "additionalProperties",
+            &format!("{at}.additionalProperties"),
+            &mut problems,
+        );
         let mut merged = base.clone();
         merged.overlay(&blob_props);
         // Each layer was validated on its own above, so merging cannot introduce a new error;
         // a failure here means an earlier one is already recorded.
         let spec = IngestionSpec::from_bag(merged).ok();
-        if let (Some(blob), Some(source_id), Some(database), Some(table), Some(spec)) = (uri, source_id, &database, &table, spec) {
+        if let (Some(blob), Some(source_id), Some(database), Some(table), Some(spec)) =
+            (uri, source_id, &database, &table, spec)
+        {
             jobs.push(BlobJob {
                 blob,
                 source_id,
@@ -266,11 +335,14 @@ pub async fn handle(ingestor: &Ingestor, body: &[u8]) -> Reply {
         Ok(outcomes) => outcomes,
         Err(error) => {
             let failure = ErrorDetail::new(error.code(), error.to_string(), None);
-            let outcomes = vec![BlobOutcome::Failed(crate::ingestor::BlobFailure {
-                code: error.code(),
-                message: error.to_string(),
-                transient: error.is_transient(),
-            }); jobs.len()];
+            let outcomes = vec![
+                BlobOutcome::Failed(crate::ingestor::BlobFailure {
+                    code: error.code(),
+                    message: error.to_string(),
+                    transient: error.is_transient(),
+                });
+                jobs.len()
+            ];
             let mut body = results_body(&jobs, &outcomes);
             body["error"] = error_body(&failure, &[])["error"].clone();
             return Reply {
@@ -280,23 +352,39 @@ pub async fn handle(ingestor: &Ingestor, body: &[u8]) -> Reply {
             };
         }
     };
-    let queued = outcomes.iter().filter(|o| matches!(o, BlobOutcome::Queued)).count();
+    let queued = outcomes
+        .iter()
+        .filter(|o| matches!(o, BlobOutcome::Queued))
+        .count();
     let mut body = results_body(&jobs, &outcomes);
     let (status, retry_after) = if queued == jobs.len() {
         (202, None)
     } else if queued > 0 {
         (207, None)
     } else {
-        let transient = outcomes.iter().any(|o| matches!(o, BlobOutcome::Failed(f) if f.transient));
+        let transient = outcomes
+            .iter()
+            .any(|o| matches!(o, BlobOutcome::Failed(f) if f.transient));
         let first = outcomes.iter().find_map(|o| match o {
             BlobOutcome::Failed(f) => Some(f.clone()),
             BlobOutcome::Queued => None,
         });
         if let Some(first) = first {
-            let headline = ErrorDetail::new(first.code, format!("No blob was queued: {}", first.message), None);
+            let headline = ErrorDetail::new(
+                first.code,
+                format!("No blob was queued: {}", first.message),
+                None,
+            );
             body["error"] = error_body(&headline, &[])["error"].clone();
         }
-        if transient { (503, Some(retry_after_header(std::time::Duration::from_secs(10)))) } else { (400, None) }
+        if transient {
+            (
+                503,
+                Some(retry_after_header(std::time::Duration::from_secs(10))),
+            )
+        } else {
+            (400, None)
+        }
     };
     tracing::info!(dm = %dm, blobs = jobs.len(), queued, status, "ingest request done");
     Reply {
@@ -307,7 +395,10 @@ pub async fn handle(ingestor: &Ingestor, body: &[u8]) -> Reply {
 }
 
 fn results_body(jobs: &[BlobJob], outcomes: &[BlobOutcome]) -> Value {
-    let queued = outcomes.iter().filter(|o| matches!(o, BlobOutcome::Queued)).count();
+    let queued = outcomes
+        .iter()
+        .filter(|o| matches!(o, BlobOutcome::Queued))
+        .count();
     let blobs: Vec<Value> = jobs
         .iter()
         .zip(outcomes)
@@ -366,7 +457,10 @@ mod tests {
     #[test]
     fn precedence_is_blob_over_request_over_defaults() {
         let defaults = PropertyBag::from_map(
-            json!({"format": "psv", "zipPattern": "*.csv", "tags": ["d"]}).as_object().unwrap().clone(),
+            json!({"format": "psv", "zipPattern": "*.csv", "tags": ["d"]})
+                .as_object()
+                .unwrap()
+                .clone(),
         );
         let body = json!({
             "database": "d", "table": "t", "format": "tsv", "tags": ["r"],
@@ -377,10 +471,18 @@ mod tests {
         let req = parse(body.to_string().as_bytes(), 10, &defaults).unwrap();
         let first: Map<String, Value> = req.jobs[0].spec.additional.iter().cloned().collect();
         let second: Map<String, Value> = req.jobs[1].spec.additional.iter().cloned().collect();
-        assert_eq!(first["format"], json!("tsv"), "typed request field beats request additionalProperties and defaults");
+        assert_eq!(
+            first["format"],
+            json!("tsv"),
+            "typed request field beats request additionalProperties and defaults"
+        );
         assert_eq!(first["Tags"], json!("[\"b\"]"), "blob beats request");
         assert_eq!(second["tags"], json!("[\"r\"]"));
-        assert_eq!(second["zipPattern"], json!("*.csv"), "defaults fill the gaps");
+        assert_eq!(
+            second["zipPattern"],
+            json!("*.csv"),
+            "defaults fill the gaps"
+        );
         assert_eq!(second["creationTime"], json!("2024-01-01T00:00:00Z"));
     }
 
@@ -412,14 +514,25 @@ mod tests {
 
     #[test]
     fn limits_and_shapes() {
-        assert!(matches!(parse(b"{not json", 10, &PropertyBag::new()), Err(ApiError::InvalidJson(_))));
-        assert!(matches!(parse(b"[]", 10, &PropertyBag::new()), Err(ApiError::InvalidFields(_))));
-        let many: Vec<Value> = (0..11).map(|i| json!({"blobUri": format!("https://a.blob.core.windows.net/c/{i}")})).collect();
+        assert!(matches!(
+            parse(b"{not json", 10, &PropertyBag::new()),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse(b"[]", 10, &PropertyBag::new()),
+            Err(ApiError::InvalidFields(_))
+        ));
+        let many: Vec<Value> = (0..11)
+            .map(|i| json!({"blobUri": format!("https://a.blob.core.windows.net/c/{i}")}))
+            .collect();
         assert!(matches!(
             parse_json(json!({"database": "d", "table": "t", "blobs": many})),
             Err(ApiError::TooManyBlobs { count: 11, max: 10 })
         ));
-        assert_eq!(targets(parse_json(json!({"database": "d", "table": "t", "blobs": []})).unwrap_err()), vec!["blobs"]);
+        assert_eq!(
+            targets(parse_json(json!({"database": "d", "table": "t", "blobs": []})).unwrap_err()),
+            vec!["blobs"]
+        );
     }
 
     #[test]
@@ -428,7 +541,10 @@ mod tests {
             {"blobUri": "https://a.blob.core.windows.net/c/1", "sourceId": "11111111-2222-4333-8444-555555555555"},
             {"blobUri": "https://a.blob.core.windows.net/c/2"}]}))
         .unwrap();
-        assert_eq!(req.jobs[0].source_id.to_string(), "11111111-2222-4333-8444-555555555555");
+        assert_eq!(
+            req.jobs[0].source_id.to_string(),
+            "11111111-2222-4333-8444-555555555555"
+        );
         assert_ne!(req.jobs[1].source_id, req.jobs[0].source_id);
     }
 }

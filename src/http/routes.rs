@@ -11,16 +11,22 @@ use std::sync::Arc;
 use warp::Filter;
 use warp::http::{Response, StatusCode, header};
 
-pub fn routes(ingestor: Arc<Ingestor>) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static {
+pub fn routes(
+    ingestor: Arc<Ingestor>,
+) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static
+{
     let max_body = ingestor.settings().max_body_bytes;
     let with_ingestor = warp::any().map(move || ingestor.clone());
+    let with_ingestor2 = with_ingestor.clone();
 
     // The host polls `GET /` until it answers; any answer means ready.
-    let ready = warp::get().and(warp::path::end()).map(|| json_response(200, None, &serde_json::json!({"status": "ready"})));
+    let ready = warp::get()
+        .and(warp::path::end())
+        .map(|| json_response(200, None, &serde_json::json!({"status": "ready"})));
 
     let ingest = warp::post()
         .and(warp::path!("api" / "ingest"))
-        .and(with_ingestor.clone())
+        .and(with_ingestor2)
         .and(warp::body::stream())
         .then(move |ingestor: Arc<Ingestor>, body| async move {
             let reply = match read_limited(body, max_body).await {
@@ -30,10 +36,32 @@ pub fn routes(ingestor: Arc<Ingestor>) -> impl Filter<Extract = (Response<String
             to_response(reply)
         });
 
-/*BLOB_CREATED*/
+    let blob_created = warp::post()
+        .and(warp::path!("BlobCreated"))
+        .and(with_ingestor)
+        .and(warp::body::stream())
+        .then(move |ingestor: Arc<Ingestor>, body| async move {
+            let reply = match read_limited(body, max_body).await {
+                Ok(bytes) => crate::eventgrid::handle_invocation(&ingestor, &bytes).await,
+                // Redelivering an oversized event would fail the same way forever: acknowledge it.
+                Err(error) => crate::eventgrid::rejected(
+                    error.body()["error"]["message"]
+                        .as_str()
+                        .unwrap_or("unreadable body"),
+                ),
+            };
+            json_response(reply.status, None, &reply.body)
+        });
+
     let not_found = warp::any().map(|| to_response(ApiError::NotFound.into()));
 
-    ready.or(ingest).unify().or(not_found).unify()
+    ready
+        .or(ingest)
+        .unify()
+        .or(blob_created)
+        .unify()
+        .or(not_found)
+        .unify()
 }
 
 /// Collects the body, refusing it as soon as it passes `max` bytes (with or without a
@@ -46,7 +74,9 @@ where
     let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("the request body could not be read: {e}")))?;
+        let mut chunk = chunk.map_err(|e| {
+            ApiError::InvalidJson(format!("the request body could not be read: {e}"))
+        })?;
         if collected.len() + chunk.remaining() > max {
             return Err(ApiError::BodyTooLarge { max });
         }
@@ -64,14 +94,20 @@ fn to_response(reply: Reply) -> Response<String> {
     json_response(reply.status, reply.retry_after, &reply.body)
 }
 
-fn json_response(status: u16, retry_after: Option<String>, body: &serde_json::Value) -> Response<String> {
+fn json_response(
+    status: u16,
+    retry_after: Option<String>,
+    body: &serde_json::Value,
+) -> Response<String> {
     let mut builder = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(header::CONTENT_TYPE, "application/json; charset=utf-8");
     if let Some(after) = retry_after {
         builder = builder.header(header::RETRY_AFTER, after);
     }
-    builder
-        .body(body.to_string())
-        .unwrap_or_else(|_| Response::new(String::from("{\"error\":{\"code\":\"InternalError\",\"message\":\"response could not be built\"}}")))
+    builder.body(body.to_string()).unwrap_or_else(|_| {
+        Response::new(String::from(
+            "{\"error\":{\"code\":\"InternalError\",\"message\":\"response could not be built\"}}",
+        ))
+    })
 }
