@@ -1,0 +1,506 @@
+//! Test harness: starts the real handler binary against the shared Azurite and its own Kusto DM
+//! emulator, and talks to it only over HTTP, exactly as the Functions host does.
+//!
+//! * One Azurite per test binary (`Azurite::shared`); it is installed with npm on first use. A
+//!   missing Node.js or a failed install panics: the suite never skips silently.
+//! * One `DmEmulator` (unique queue prefix) and one handler process per test; the handler's
+//!   stdout and stderr are captured line by line (`TestApp::logs`), printed when a test fails,
+//!   and echoed live with `HANDLER_LOG_ECHO=1`.
+//! * Every response body is kept, so `assert_no_secrets` can scan responses and logs at the end.
+#![allow(dead_code)]
+
+use base64::Engine as _;
+use kusto_dev::{Azurite, DmEmulator, EmulatorConfig, Faults};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Storage account the test blobs live in (not one of the DM's ingestion accounts).
+pub const DATA_ACCOUNT: &str = "datalake1";
+pub const FUNCTION_KEY: &str = "testkey";
+pub const HOST_USER_AGENT: &str = "Azure-Functions-Host/4.1037.0";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One handler process with its own DM emulator.
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub azurite: &'static Azurite,
+    pub dm: DmEmulator,
+    pub container: String,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    responses: Mutex<Vec<String>>,
+    client: reqwest::Client,
+}
+
+/// What the handler answered.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The body parsed as JSON, `Value::Null` when it is not JSON (see `text`).
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// `error.code` of an error body.
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+    pub fn error_target(&self) -> &str {
+        self.body["error"]["target"].as_str().unwrap_or("<none>")
+    }
+}
+
+/// A decoded ingestion message and where it was found.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub account: String,
+    pub queue: String,
+    pub body: Value,
+}
+
+/// Fault injection run between the emulator's start and the handler's.
+type FaultSetup = Box<dyn FnOnce(&Faults) + Send>;
+
+pub struct TestAppBuilder {
+    env: Vec<(String, String)>,
+    config: EmulatorConfig,
+    faults: Option<FaultSetup>,
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn emulator(mut self, f: impl FnOnce(&mut EmulatorConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Faults injected after the emulator starts and before the handler does (so "cold" really
+    /// means the handler never got an answer from the DM).
+    pub fn faults(mut self, f: impl FnOnce(&Faults) + Send + 'static) -> Self {
+        self.faults = Some(Box::new(f));
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let azurite = Azurite::shared();
+        let dm = DmEmulator::start(azurite, self.config)
+            .await
+            .unwrap_or_else(|e| panic!("start the Kusto DM emulator: {e}"));
+        if let Some(f) = self.faults {
+            f(&dm.faults());
+        }
+        TestApp::spawn(azurite, dm, self.env).await
+    }
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            env: Vec::new(),
+            config: EmulatorConfig::default(),
+            faults: None,
+        }
+    }
+
+    /// A handler with default settings.
+    pub async fn start() -> TestApp {
+        Self::builder().start().await
+    }
+
+    async fn spawn(
+        azurite: &'static Azurite,
+        dm: DmEmulator,
+        extra_env: Vec<(String, String)>,
+    ) -> TestApp {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_handler"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("KUSTO_INGEST_URI", dm.url())
+            .env("IDENTITY_ENDPOINT", dm.identity_endpoint())
+            .env("IDENTITY_HEADER", dm.identity_header())
+            .env("RUST_LOG", "info,kusto_ingest_api=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the handler binary");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        capture(
+            child.stdout.take().expect("stdout piped"),
+            "out",
+            log.clone(),
+        );
+        capture(
+            child.stderr.take().expect("stderr piped"),
+            "err",
+            log.clone(),
+        );
+
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("reqwest client");
+        let container = format!("data-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        azurite
+            .create_container(DATA_ACCOUNT, &container)
+            .await
+            .expect("create the test container in Azurite");
+        let mut app = TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            azurite,
+            dm,
+            container,
+            child: Some(child),
+            log,
+            responses: Mutex::new(Vec::new()),
+            client,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    /// Polls `GET /` like the Functions host does until the handler answers.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!(
+                    "handler exited during start-up with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            let probe = self
+                .client
+                .get(format!("{}/", self.address))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(resp) = probe {
+                assert_eq!(resp.status(), StatusCode::OK, "GET / must answer 200");
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "handler did not answer GET / within {STARTUP_TIMEOUT:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends a request exactly as the Functions host forwards it with `enableForwardingHttpRequest`.
+    pub async fn post_ingest(&self, body: &Value) -> Reply {
+        self.post_raw(
+            serde_json::to_vec(body).expect("serialize"),
+            "application/json",
+        )
+        .await
+    }
+
+    pub async fn post_raw(&self, bytes: Vec<u8>, content_type: &str) -> Reply {
+        let resp = self
+            .client
+            .post(format!("{}/api/ingest?code={FUNCTION_KEY}", self.address))
+            .header(
+                "X-Azure-Functions-InvocationId",
+                uuid::Uuid::new_v4().to_string(),
+            )
+            .header("X-Azure-Functions-HostVersion", "4.1037.0")
+            .header("x-functions-key", FUNCTION_KEY)
+            .header("User-Agent", HOST_USER_AGENT)
+            .header("Content-Type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .expect("POST /api/ingest reached the handler");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("response body");
+        self.responses.lock().unwrap().push(text.clone());
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    /// A real Azurite SAS URL (so it carries `sig=`) for a blob in this app's container.
+    pub fn blob_uri(&self, name: &str) -> String {
+        self.azurite.blob_sas_url(
+            DATA_ACCOUNT,
+            &self.container,
+            name,
+            "r",
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// Uploads `content` and returns the blob's SAS URL.
+    pub async fn upload_blob(&self, name: &str, content: &[u8]) -> String {
+        self.azurite
+            .upload_blob(DATA_ACCOUNT, &self.container, name, content, &[])
+            .await
+            .expect("upload a test blob");
+        self.blob_uri(name)
+    }
+
+    /// Every message on every ingestion queue of this app's DM, removed from the queues, decoded
+    /// (base64 → UTF-8 JSON).
+    pub async fn drain_messages(&self) -> Vec<QueuedMessage> {
+        let mut out = Vec::new();
+        for (account, queue) in self.dm.ingestion_queues() {
+            let texts = self
+                .azurite
+                .receive_all(&account, &queue)
+                .await
+                .unwrap_or_else(|e| panic!("read queue {account}/{queue}: {e}"));
+            for text in texts {
+                out.push(QueuedMessage {
+                    account: account.clone(),
+                    queue: queue.clone(),
+                    body: decode_message(&text),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs().join("\n")
+    }
+
+    pub fn responses(&self) -> Vec<String> {
+        self.responses.lock().unwrap().clone()
+    }
+
+    /// No SAS signature and no token value in any response body or handler log line so far.
+    pub fn assert_no_secrets(&self) {
+        let mut secrets: Vec<String> = vec![
+            "emu-token-".into(),
+            "emu-authz-".into(),
+            self.dm.identity_header().to_owned(),
+        ];
+        secrets.extend(self.dm.issued_authorization_contexts());
+        let mut haystacks: Vec<(String, String)> = Vec::new();
+        for r in self.responses() {
+            haystacks.push(("response".into(), r));
+        }
+        for l in self.logs() {
+            haystacks.push(("log".into(), l));
+        }
+        for (kind, text) in &haystacks {
+            for s in &secrets {
+                assert!(
+                    !text.contains(s.as_str()),
+                    "{kind} leaks a token ({s:.12}…): {text}"
+                );
+            }
+            if let Some(value) = sas_signatures(text).first() {
+                panic!("{kind} leaks a SAS signature (sig={value:.6}…): {text}");
+            }
+        }
+    }
+}
+
+/// Runs the handler with exactly `env` (plus PATH) and expects it to stop by itself within 15 s;
+/// returns its exit status and everything it printed.
+pub fn run_to_exit(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_handler"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", free_port().to_string())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start the handler binary");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        capture(child.stdout.take().expect("stdout"), "out", log.clone()),
+        capture(child.stderr.take().expect("stderr"), "err", log.clone()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the handler") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "handler kept running with settings {env:?}; log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let text = log.lock().unwrap().join("\n");
+    (status, text)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let skip = logs.len().saturating_sub(200);
+            eprintln!("---- handler log (last {} lines) ----", logs.len() - skip);
+            for line in &logs[skip..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Values of `sig=` query parameters in `text` that are real signatures (not `<redacted>` or empty).
+pub fn sas_signatures(text: &str) -> Vec<String> {
+    let lower = text.to_ascii_lowercase();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("sig=") {
+        let start = from + at + 4;
+        let boundary = from + at;
+        from = start;
+        // `sig=` must start a query parameter, not be the tail of another word.
+        if boundary > 0 {
+            let prev = lower.as_bytes()[boundary - 1];
+            if prev.is_ascii_alphanumeric() || prev == b'_' {
+                continue;
+            }
+        }
+        let value: String = text[start..]
+            .chars()
+            .take_while(|c| !matches!(c, '&' | '"' | '\'' | ' ' | '\\' | '<' | '>' | ',' | ')'))
+            .collect();
+        if !value.is_empty() {
+            found.push(value);
+        }
+    }
+    found
+}
+
+pub fn decode_message(text: &str) -> Value {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap_or_else(|e| panic!("queue message is not base64 ({e}): {text:.200}"));
+    let json = String::from_utf8(bytes).expect("message is UTF-8");
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("message is not JSON ({e}): {json:.400}"))
+}
+
+fn capture(
+    stream: impl std::io::Read + Send + 'static,
+    tag: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => {
+                    if std::env::var_os("HANDLER_LOG_ECHO").is_some() {
+                        eprintln!("[handler {tag}] {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Case-insensitive lookup of an ingestion property in `AdditionalProperties`.
+pub fn prop<'a>(message: &'a Value, key: &str) -> Option<&'a Value> {
+    message["AdditionalProperties"]
+        .as_object()
+        .expect("AdditionalProperties is an object")
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+/// The mapping reference under whichever alias the handler kept; fails if several are present.
+pub fn mapping_reference(message: &Value) -> Option<&Value> {
+    let aliases = [
+        "ingestionMappingReference",
+        "mappingReference",
+        "csvMappingReference",
+        "jsonMappingReference",
+    ];
+    let found: Vec<&Value> = aliases.iter().filter_map(|a| prop(message, a)).collect();
+    assert!(
+        found.len() <= 1,
+        "more than one mapping reference alias in {}",
+        message["AdditionalProperties"]
+    );
+    found.into_iter().next()
+}
+
+/// A minimal valid request body.
+pub fn request(blobs: Vec<Value>) -> Value {
+    json!({ "database": "testdb", "table": "events", "blobs": blobs })
+}
+
+/// Finds the message for `blob_uri` (matched on `BlobPath`).
+pub fn message_for<'a>(messages: &'a [QueuedMessage], blob_uri: &str) -> &'a QueuedMessage {
+    let matching: Vec<&QueuedMessage> = messages
+        .iter()
+        .filter(|m| m.body["BlobPath"] == blob_uri)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "expected exactly one message for {blob_uri}, got {}",
+        matching.len()
+    );
+    matching[0]
+}
+
+/// The URI without its query string, as the response reports it.
+pub fn without_query(uri: &str) -> &str {
+    uri.split('?').next().unwrap_or(uri)
+}

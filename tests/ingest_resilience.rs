@@ -1,0 +1,475 @@
+//! Caching, queue spreading, failover and DM failures, through the real handler and the DM
+//! emulator's fault injection.
+
+mod common;
+
+use common::*;
+use kusto_dev::BreakMode;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const RESOURCES: &str = ".get ingestion resources";
+const IDENTITY: &str = ".get kusto identity token";
+
+fn blobs(app: &TestApp, prefix: &str, n: usize) -> (Vec<String>, Vec<Value>) {
+    let uris: Vec<String> = (0..n)
+        .map(|i| app.blob_uri(&format!("{prefix}/{i}.csv")))
+        .collect();
+    let bodies = uris
+        .iter()
+        .map(|u| json!({ "blobUri": u, "rawDataSize": 100 }))
+        .collect();
+    (uris, bodies)
+}
+
+fn per_queue(messages: &[QueuedMessage]) -> BTreeMap<(String, String), usize> {
+    let mut counts = BTreeMap::new();
+    for m in messages {
+        *counts
+            .entry((m.account.clone(), m.queue.clone()))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+fn retry_after_secs(reply: &Reply) -> u64 {
+    let value = reply.headers.get("retry-after").unwrap_or_else(|| {
+        panic!(
+            "Retry-After header missing: {:?} {}",
+            reply.headers, reply.text
+        )
+    });
+    let secs: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After is not delay-seconds: {value:?}"));
+    assert!(secs > 0, "Retry-After 0");
+    secs
+}
+
+/// Every blob of a reply failed (with `code` when given); nothing queued; top-level error present.
+fn assert_all_failed(reply: &Reply, n: usize, code: Option<&str>) {
+    assert_eq!(reply.body["blobCount"], n, "{}", reply.text);
+    assert_eq!(reply.body["queued"], 0, "{}", reply.text);
+    assert_eq!(reply.body["failed"], n, "{}", reply.text);
+    let results = reply.body["blobs"].as_array().expect("per-blob results");
+    assert_eq!(results.len(), n);
+    for r in results {
+        assert_eq!(r["status"], "failed", "{r}");
+        match code {
+            Some(code) => assert_eq!(r["error"]["code"], code, "{r}"),
+            None => assert!(
+                r["error"]["code"].as_str().is_some_and(|c| !c.is_empty()),
+                "{r}"
+            ),
+        }
+        assert!(r["sourceId"].is_string(), "{r}");
+    }
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "a top-level error explains why nothing was queued: {}",
+        reply.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_and_identity_token_are_fetched_once_for_many_requests() {
+    // A slow DM makes the ten concurrent cold requests wait on the same fetch, and shows
+    // whether the two commands ran side by side.
+    let delay = Duration::from_millis(400);
+    let app = TestApp::builder()
+        .faults(move |f| f.set_delay(delay))
+        .start()
+        .await;
+    let mut requests = Vec::new();
+    let mut all_uris = BTreeSet::new();
+    for r in 0..10 {
+        let (uris, bodies) = blobs(&app, &format!("cache{r}"), 100);
+        all_uris.extend(uris);
+        requests.push(request(bodies));
+    }
+    let replies = futures::future::join_all(requests.iter().map(|b| app.post_ingest(b))).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{:.500}", reply.text);
+        assert_eq!(reply.body["queued"], 100);
+    }
+    assert_eq!(
+        app.dm.command_count(RESOURCES),
+        1,
+        "{:#?}",
+        app.dm.mgmt_requests()
+    );
+    assert_eq!(
+        app.dm.command_count(IDENTITY),
+        1,
+        "{:#?}",
+        app.dm.mgmt_requests()
+    );
+    assert_eq!(app.dm.mgmt_requests().len(), 2, "no other DM calls");
+    assert!(!app.dm.token_requests().is_empty());
+
+    // Fetched concurrently: with each answer delayed, sequential calls would finish at least
+    // one delay apart.
+    let reqs = app.dm.mgmt_requests();
+    let gap = if reqs[0].at > reqs[1].at {
+        reqs[0].at - reqs[1].at
+    } else {
+        reqs[1].at - reqs[0].at
+    };
+    assert!(
+        gap < delay,
+        "the two cold DM commands did not overlap (answered {gap:?} apart, each takes {delay:?})"
+    );
+
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 1000);
+    let paths: BTreeSet<String> = messages
+        .iter()
+        .map(|m| m.body["BlobPath"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, all_uris, "every blob exactly once");
+    let ids: BTreeSet<&str> = messages
+        .iter()
+        .map(|m| m.body["Id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1000, "distinct source ids");
+    let contexts: BTreeSet<String> = messages
+        .iter()
+        .map(|m| m.body["AdditionalProperties"]["authorizationContext"].to_string())
+        .collect();
+    assert_eq!(contexts.len(), 1, "one cached authorization context");
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn messages_spread_over_every_queue_of_both_accounts() {
+    let app = TestApp::start().await;
+    let (_, bodies) = blobs(&app, "spread", 100);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:.500}", reply.text);
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 100);
+    let counts = per_queue(&messages);
+    let queues = app.dm.ingestion_queues();
+    assert_eq!(
+        queues.len(),
+        4,
+        "the emulator hands out 2 queues in each of 2 accounts"
+    );
+    for q in &queues {
+        assert!(
+            counts.get(q).copied().unwrap_or(0) > 0,
+            "queue {q:?} got no message; distribution {counts:?}"
+        );
+    }
+    let accounts: BTreeSet<&str> = messages.iter().map(|m| m.account.as_str()).collect();
+    assert_eq!(accounts.len(), 2, "{counts:?}");
+    // Round-robin spreads evenly enough that no queue carries most of the load.
+    assert!(
+        counts.values().all(|&c| c <= 50),
+        "uneven spread: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn busy_account_fails_over_to_the_other() {
+    let app = TestApp::builder()
+        .faults(|f| f.break_account("ingestacct1", BreakMode::ServerBusy))
+        .start()
+        .await;
+    let (uris, bodies) = blobs(&app, "failover", 20);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:.800}", reply.text);
+    assert_eq!(reply.body["queued"], 20);
+    assert_eq!(reply.body["failed"], 0);
+    assert!(app.dm.server_busy_count() > 0, "the busy account was tried");
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 20);
+    for m in &messages {
+        assert_eq!(m.account, "ingestacct2", "{m:?}");
+    }
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn every_queue_busy_is_503_queue_unavailable() {
+    let app = TestApp::builder()
+        .faults(|f| {
+            f.break_account("ingestacct1", BreakMode::ServerBusy);
+            f.break_account("ingestacct2", BreakMode::ServerBusy);
+        })
+        .start()
+        .await;
+    let (_, bodies) = blobs(&app, "allbusy", 3);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    retry_after_secs(&reply);
+    assert_all_failed(&reply, 3, Some("QueueUnavailable"));
+    assert!(app.drain_messages().await.is_empty());
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn bad_signature_refetches_resources_once() {
+    let app = TestApp::builder()
+        .faults(|f| f.break_account("ingestacct1", BreakMode::BadSignature))
+        .start()
+        .await;
+    // Many posts to the broken account get 403 AuthenticationFailed; the other account takes
+    // their blobs.
+    let (_, bodies) = blobs(&app, "badsig1", 20);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:.800}", reply.text);
+    assert_eq!(reply.body["queued"], 20);
+    let first = app.drain_messages().await;
+    assert_eq!(first.len(), 20);
+    assert!(
+        first.iter().all(|m| m.account == "ingestacct2"),
+        "{first:?}"
+    );
+
+    // The rejected resources are replaced: exactly one refetch, whether it happened during the
+    // first request or before the second.
+    app.dm.faults().heal_account("ingestacct1");
+    let (_, bodies) = blobs(&app, "badsig2", 20);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:.800}", reply.text);
+    assert_eq!(
+        app.dm.command_count(RESOURCES),
+        2,
+        "403 AuthenticationFailed refetches the resources exactly once: {:#?}",
+        app.dm.mgmt_requests()
+    );
+    assert_eq!(app.drain_messages().await.len(), 20);
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn bad_signature_everywhere_fails_with_authorization_error_after_one_refetch() {
+    let app = TestApp::builder()
+        .faults(|f| {
+            f.break_account("ingestacct1", BreakMode::BadSignature);
+            f.break_account("ingestacct2", BreakMode::BadSignature);
+        })
+        .start()
+        .await;
+    let (_, bodies) = blobs(&app, "badsig-all", 3);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert!(
+        !reply.status.is_success(),
+        "nothing can be queued: {} {}",
+        reply.status,
+        reply.text
+    );
+    assert_all_failed(&reply, 3, Some("QueueAuthorizationFailed"));
+    assert_eq!(
+        app.dm.command_count(RESOURCES),
+        2,
+        "one refetch, no loop: {:#?}",
+        app.dm.mgmt_requests()
+    );
+    assert!(app.drain_messages().await.is_empty());
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn dm_throttling_is_retried_after_retry_after() {
+    let app = TestApp::builder()
+        .faults(|f| f.push_statuses(&[(429, Some(1))]))
+        .start()
+        .await;
+    let (uris, bodies) = blobs(&app, "throttle", 5);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(app.dm.faults().pending_statuses(), 0, "the 429 was served");
+    let reqs = app.dm.mgmt_requests();
+    let throttled = reqs
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("a throttled call");
+    let retried = reqs
+        .iter()
+        .find(|r| r.status == 200 && r.command == throttled.command && r.at > throttled.at)
+        .unwrap_or_else(|| panic!("the throttled command was retried: {reqs:#?}"));
+    assert!(
+        retried.at - throttled.at >= Duration::from_millis(900),
+        "Retry-After: 1 was honoured ({:?})",
+        retried.at - throttled.at
+    );
+    assert_eq!(
+        app.dm.command_count(RESOURCES) + app.dm.command_count(IDENTITY),
+        3
+    );
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 5);
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+}
+
+#[tokio::test]
+async fn dm_server_error_is_retried() {
+    let app = TestApp::builder()
+        .faults(|f| f.push_statuses(&[(503, None), (500, None)]))
+        .start()
+        .await;
+    let (_, bodies) = blobs(&app, "dm5xx", 2);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(app.drain_messages().await.len(), 2);
+}
+
+#[tokio::test]
+async fn dm_down_with_warm_cache_still_queues() {
+    let app = TestApp::start().await;
+    let (_, first) = blobs(&app, "warm1", 3);
+    let reply = app.post_ingest(&request(first)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(app.drain_messages().await.len(), 3);
+
+    app.dm.stop_dm().expect("stop the DM listener");
+    app.dm.faults().set_down(true);
+    let (uris, second) = blobs(&app, "warm2", 4);
+    let reply = app.post_ingest(&request(second)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::ACCEPTED,
+        "cached resources serve: {}",
+        reply.text
+    );
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 4);
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+    assert_eq!(app.dm.command_count(RESOURCES), 1);
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn dm_down_cold_is_503_with_clear_error() {
+    let app = TestApp::builder()
+        .faults(|f| f.set_down(true))
+        .start()
+        .await;
+    let (_, bodies) = blobs(&app, "cold", 2);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    retry_after_secs(&reply);
+    assert_eq!(
+        reply.error_code(),
+        "DataManagementUnavailable",
+        "{}",
+        reply.text
+    );
+    assert_all_failed(&reply, 2, None);
+    assert!(app.drain_messages().await.is_empty());
+
+    // Once the DM is back, requests succeed again (a failure may be remembered for a few
+    // seconds so a dead DM is not hammered, but not for long).
+    app.dm.faults().set_down(false);
+    let (_, bodies) = blobs(&app, "cold-after", 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = app.post_ingest(&request(bodies.clone())).await;
+        if reply.status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still failing 15 s after the DM came back: {}",
+            reply.text
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(app.drain_messages().await.len(), 2);
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn dm_unreachable_cold_is_503() {
+    let app = TestApp::start().await;
+    app.dm.stop_dm().expect("stop the DM listener");
+    let (_, bodies) = blobs(&app, "refused", 1);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    retry_after_secs(&reply);
+    assert_eq!(
+        reply.error_code(),
+        "DataManagementUnavailable",
+        "{}",
+        reply.text
+    );
+    assert_all_failed(&reply, 1, None);
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn dm_refusing_the_apps_identity_is_502_unauthorized() {
+    let app = TestApp::builder()
+        .faults(|f| f.push_statuses(&[(403, None); 8]))
+        .start()
+        .await;
+    let (_, bodies) = blobs(&app, "rejected", 2);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text);
+    assert_eq!(
+        reply.error_code(),
+        "DataManagementUnauthorized",
+        "{}",
+        reply.text
+    );
+    assert_all_failed(&reply, 2, None);
+    assert!(app.drain_messages().await.is_empty());
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn dm_rejecting_the_command_is_502_rejected_without_retry() {
+    let app = TestApp::builder()
+        .faults(|f| f.push_statuses(&[(400, None); 8]))
+        .start()
+        .await;
+    let (_, bodies) = blobs(&app, "badrequest", 1);
+    let reply = app.post_ingest(&request(bodies)).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text);
+    assert_eq!(
+        reply.error_code(),
+        "DataManagementRejected",
+        "{}",
+        reply.text
+    );
+    assert_all_failed(&reply, 1, None);
+    // A 400 is permanent: each command is sent once, not retried.
+    assert_eq!(app.dm.command_count(".get ingestion resources"), 1);
+    app.assert_no_secrets();
+}
