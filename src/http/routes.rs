@@ -17,7 +17,6 @@ pub fn routes(
 {
     let max_body = ingestor.settings().max_body_bytes;
     let with_ingestor = warp::any().map(move || ingestor.clone());
-    let with_ingestor2 = with_ingestor.clone();
 
     // The host polls `GET /` until it answers; any answer means ready.
     let ready = warp::get()
@@ -26,7 +25,7 @@ pub fn routes(
 
     let ingest = warp::post()
         .and(warp::path!("api" / "ingest"))
-        .and(with_ingestor2)
+        .and(with_ingestor.clone())
         .and(warp::body::stream())
         .then(move |ingestor: Arc<Ingestor>, body| async move {
             let reply = match read_limited(body, max_body).await {
