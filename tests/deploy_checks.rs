@@ -1098,8 +1098,15 @@ fn repository_url_is_in_one_place() {
         );
     }
 
-    // README section: the button points at this repository's raw template and form.
-    let doc = read("docs/deploy.md");
+    // README's "Deploy to Azure" section: the button points at this repository's raw template
+    // and form, and no other repository is named there.
+    let readme = read("README.md");
+    let start = readme
+        .find("## Deploy to Azure")
+        .expect("README.md has a \"## Deploy to Azure\" section");
+    let section = &readme[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    let doc = section[..end].to_owned();
     let raw = format!(
         "{}/main/deploy/",
         repo.replace("https://github.com/", "https://raw.githubusercontent.com/")
@@ -1113,7 +1120,7 @@ fn repository_url_is_in_one_place() {
         doc.contains(&format!(
             "[![Deploy to Azure](https://aka.ms/deploytoazurebutton)]({button})"
         )),
-        "docs/deploy.md has no Deploy to Azure button for {repo}; expected link {button}"
+        "README.md has no Deploy to Azure button for {repo}; expected link {button}"
     );
     for r in github_repos(&doc).into_iter().chain(github_repos(&text)) {
         assert_eq!(r, repo, "a different repository is named");
@@ -1125,10 +1132,7 @@ fn repository_url_is_in_one_place() {
         "az functionapp function keys list",
         ".add database",
     ] {
-        assert!(
-            doc.contains(needle),
-            "docs/deploy.md does not show {needle}"
-        );
+        assert!(doc.contains(needle), "README.md does not show {needle}");
     }
 }
 
@@ -1196,7 +1200,7 @@ fn template_matches_the_function_folders() {
     assert_eq!(trigger["route"], "ingest", "Ingest route");
     assert_eq!(
         trigger["authLevel"], "function",
-        "docs/deploy.md documents function keys"
+        "README.md documents function keys"
     );
     let host = app_json("host.json");
     let prefix = host["extensions"]["http"]["routePrefix"]
