@@ -9,6 +9,7 @@ use crate::message::{IngestionMessage, creation_time_now};
 use crate::properties::IngestionSpec;
 use crate::queue_pool::PostError;
 use crate::resource_cache::{ResourceCache, Snapshot};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,8 @@ pub struct BlobJob {
     pub raw_data_size: Option<u64>,
     pub database: DatabaseName,
     pub table: TableName,
-    pub spec: IngestionSpec,
+    /// Shared by every blob of a request that adds no properties of its own.
+    pub spec: Arc<IngestionSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,11 +164,16 @@ impl Ingestor {
         })?;
         let snapshot = cache.get().await?;
         let created_at = creation_time_now();
-        let outcomes = futures::future::join_all(
-            jobs.iter()
-                .map(|job| self.queue_one(cache, snapshot.clone(), job, &created_at)),
-        )
-        .await;
+        // At most `max_concurrency` blobs of one request are in progress at once (in order), so a
+        // request's memory does not grow with its blob count; `posts` bounds all requests together.
+        // Indexing instead of `jobs.iter()` keeps the closure free of a higher-ranked lifetime,
+        // which rustc cannot yet prove `Send` through (rust-lang/rust#102211).
+        let posts =
+            (0..jobs.len()).map(|i| self.queue_one(cache, snapshot.clone(), &jobs[i], &created_at));
+        let outcomes = futures::stream::iter(posts)
+            .buffered(self.settings.max_concurrency)
+            .collect()
+            .await;
         Ok(outcomes)
     }
 

@@ -466,7 +466,7 @@ async fn prepare<B: Backend>(backend: &B, value: &Value) -> Prepared {
             raw_data_size,
             database,
             table,
-            spec,
+            spec: std::sync::Arc::new(spec),
         },
     }))
 }

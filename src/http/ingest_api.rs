@@ -1,11 +1,13 @@
 //! `POST /api/ingest`: the Logic App's body (and more) parsed into blob jobs, and the per-blob
 //! answer. Fields are read by hand from the JSON so every error names its exact path.
 
-use super::errors::{ApiError, ErrorDetail, error_body, retry_after_header};
+use super::errors::{ApiError, ErrorDetail, retry_after_header};
 use crate::domain::{BlobUri, DatabaseName, SourceId, TableName};
-use crate::ingestor::{BlobJob, BlobOutcome, Ingestor};
+use crate::ingestor::{BlobFailure, BlobJob, BlobOutcome, Ingestor};
 use crate::properties::{IngestionSpec, PropertyBag, PropertyError};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// A validated request.
 #[derive(Debug)]
@@ -226,6 +228,8 @@ pub fn parse(
     request_props.overlay(&typed);
     let mut base = defaults.clone();
     base.overlay(&request_props);
+    // Most requests give properties only at request level: one spec then serves every blob.
+    let shared_spec = IngestionSpec::from_bag(base.clone()).ok().map(Arc::new);
 
     let mut jobs = Vec::with_capacity(blobs.len());
     for (i, item) in blobs.iter().enumerate() {
@@ -268,11 +272,15 @@ pub fn parse(
             &format!("{at}.additionalProperties"),
             &mut problems,
         );
-        let mut merged = base.clone();
-        merged.overlay(&blob_props);
         // Each layer was validated on its own above, so merging cannot introduce a new error;
         // a failure here means an earlier one is already recorded.
-        let spec = IngestionSpec::from_bag(merged).ok();
+        let spec = if blob_props.is_empty() {
+            shared_spec.clone()
+        } else {
+            let mut merged = base.clone();
+            merged.overlay(&blob_props);
+            IngestionSpec::from_bag(merged).ok().map(Arc::new)
+        };
         if let (Some(blob), Some(source_id), Some(database), Some(table), Some(spec)) =
             (uri, source_id, &database, &table, spec)
         {
@@ -300,7 +308,7 @@ pub fn parse(
 pub struct Reply {
     pub status: u16,
     pub retry_after: Option<String>,
-    pub body: Value,
+    pub body: String,
 }
 
 impl From<ApiError> for Reply {
@@ -308,15 +316,17 @@ impl From<ApiError> for Reply {
         Reply {
             status: error.status(),
             retry_after: None,
-            body: error.body(),
+            body: error.body().to_string(),
         }
     }
 }
 
-/// Handles one request body end to end.
-pub async fn handle(ingestor: &Ingestor, body: &[u8]) -> Reply {
+/// Handles one request body end to end. The body is dropped once parsed.
+pub async fn handle(ingestor: &Ingestor, body: bytes::Bytes) -> Reply {
     let settings = ingestor.settings();
-    let request = match parse(body, settings.max_blobs, &settings.default_properties) {
+    let parsed = parse(&body, settings.max_blobs, &settings.default_properties);
+    drop(body);
+    let request = match parsed {
         Ok(request) => request,
         Err(error) => {
             tracing::info!(status = error.status(), error = ?error.body()["error"]["code"], "rejected ingest request");
@@ -334,21 +344,17 @@ pub async fn handle(ingestor: &Ingestor, body: &[u8]) -> Reply {
     let outcomes = match ingestor.ingest(&dm, &jobs).await {
         Ok(outcomes) => outcomes,
         Err(error) => {
-            let failure = ErrorDetail::new(error.code(), error.to_string(), None);
-            let outcomes = vec![
-                BlobOutcome::Failed(crate::ingestor::BlobFailure {
-                    code: error.code(),
-                    message: error.to_string(),
-                    transient: error.is_transient(),
-                });
-                jobs.len()
-            ];
-            let mut body = results_body(&jobs, &outcomes);
-            body["error"] = error_body(&failure, &[])["error"].clone();
+            let failure = BlobFailure {
+                code: error.code(),
+                message: error.to_string(),
+                transient: error.is_transient(),
+            };
+            let outcomes = vec![BlobOutcome::Failed(failure.clone()); jobs.len()];
+            let headline = ErrorDetail::new(failure.code, failure.message, None);
             return Reply {
                 status: if error.is_transient() { 503 } else { 502 },
                 retry_after: error.retry_after().map(retry_after_header),
-                body,
+                body: results_body(&jobs, &outcomes, Some(&headline)),
             };
         }
     };
@@ -356,77 +362,116 @@ pub async fn handle(ingestor: &Ingestor, body: &[u8]) -> Reply {
         .iter()
         .filter(|o| matches!(o, BlobOutcome::Queued))
         .count();
-    let mut body = results_body(&jobs, &outcomes);
-    let (status, retry_after) = if queued == jobs.len() {
-        (202, None)
+    let (status, retry_after, headline) = if queued == jobs.len() {
+        (202, None, None)
     } else if queued > 0 {
-        (207, None)
+        (207, None, None)
     } else {
         let transient = outcomes
             .iter()
             .any(|o| matches!(o, BlobOutcome::Failed(f) if f.transient));
-        let first = outcomes.iter().find_map(|o| match o {
-            BlobOutcome::Failed(f) => Some(f.clone()),
+        let headline = outcomes.iter().find_map(|o| match o {
+            BlobOutcome::Failed(f) => Some(ErrorDetail::new(
+                f.code,
+                format!("No blob was queued: {}", f.message),
+                None,
+            )),
             BlobOutcome::Queued => None,
         });
-        if let Some(first) = first {
-            let headline = ErrorDetail::new(
-                first.code,
-                format!("No blob was queued: {}", first.message),
-                None,
-            );
-            body["error"] = error_body(&headline, &[])["error"].clone();
-        }
         if transient {
             (
                 503,
                 Some(retry_after_header(std::time::Duration::from_secs(10))),
+                headline,
             )
         } else {
-            (400, None)
+            (400, None, headline)
         }
     };
     tracing::info!(dm = %dm, blobs = jobs.len(), queued, status, "ingest request done");
     Reply {
         status,
         retry_after,
-        body,
+        body: results_body(&jobs, &outcomes, headline.as_ref()),
     }
 }
 
-fn results_body(jobs: &[BlobJob], outcomes: &[BlobOutcome]) -> Value {
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResultsBody<'a> {
+    blob_count: usize,
+    queued: usize,
+    failed: usize,
+    blobs: Vec<BlobResult<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorDetail>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BlobResult<'a> {
+    /// `BlobUri`'s `Display`: without its SAS.
+    #[serde(serialize_with = "serialize_display")]
+    blob_uri: &'a BlobUri,
+    #[serde(serialize_with = "serialize_display")]
+    source_id: &'a SourceId,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<BlobError<'a>>,
+}
+
+#[derive(Serialize)]
+struct BlobError<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+/// The per-blob answer, serialized straight from the jobs (no intermediate JSON tree).
+fn results_body(jobs: &[BlobJob], outcomes: &[BlobOutcome], error: Option<&ErrorDetail>) -> String {
     let queued = outcomes
         .iter()
         .filter(|o| matches!(o, BlobOutcome::Queued))
         .count();
-    let blobs: Vec<Value> = jobs
+    let blobs = jobs
         .iter()
         .zip(outcomes)
-        .map(|(job, outcome)| match outcome {
-            BlobOutcome::Queued => json!({
-                "blobUri": job.blob.to_string(),
-                "sourceId": job.source_id.to_string(),
-                "status": "queued",
-            }),
-            BlobOutcome::Failed(f) => json!({
-                "blobUri": job.blob.to_string(),
-                "sourceId": job.source_id.to_string(),
-                "status": "failed",
-                "error": { "code": f.code, "message": f.message },
-            }),
+        .map(|(job, outcome)| BlobResult {
+            blob_uri: &job.blob,
+            source_id: &job.source_id,
+            status: match outcome {
+                BlobOutcome::Queued => "queued",
+                BlobOutcome::Failed(_) => "failed",
+            },
+            error: match outcome {
+                BlobOutcome::Queued => None,
+                BlobOutcome::Failed(f) => Some(BlobError {
+                    code: f.code,
+                    message: &f.message,
+                }),
+            },
         })
         .collect();
-    json!({
-        "blobCount": jobs.len(),
-        "queued": queued,
-        "failed": jobs.len() - queued,
-        "blobs": blobs,
-    })
+    let body = ResultsBody {
+        blob_count: jobs.len(),
+        queued,
+        failed: jobs.len() - queued,
+        blobs,
+        error,
+    };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse_json(v: Value) -> Result<IngestRequest, ApiError> {
         parse(v.to_string().as_bytes(), 10, &PropertyBag::new())

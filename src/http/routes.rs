@@ -21,7 +21,7 @@ pub fn routes(
     // The host polls `GET /` until it answers; any answer means ready.
     let ready = warp::get()
         .and(warp::path::end())
-        .map(|| json_response(200, None, &serde_json::json!({"status": "ready"})));
+        .map(|| json_response(200, None, String::from("{\"status\":\"ready\"}")));
 
     let ingest = warp::post()
         .and(warp::path!("api" / "ingest"))
@@ -29,7 +29,7 @@ pub fn routes(
         .and(warp::body::stream())
         .then(move |ingestor: Arc<Ingestor>, body| async move {
             let reply = match read_limited(body, max_body).await {
-                Ok(bytes) => ingest_api::handle(&ingestor, &bytes).await,
+                Ok(bytes) => ingest_api::handle(&ingestor, bytes).await,
                 Err(error) => error.into(),
             };
             to_response(reply)
@@ -49,7 +49,7 @@ pub fn routes(
                         .unwrap_or("unreadable body"),
                 ),
             };
-            json_response(reply.status, None, &reply.body)
+            json_response(reply.status, None, reply.body.to_string())
         });
 
     let not_found = warp::any().map(|| to_response(ApiError::NotFound.into()));
@@ -90,21 +90,17 @@ where
 }
 
 fn to_response(reply: Reply) -> Response<String> {
-    json_response(reply.status, reply.retry_after, &reply.body)
+    json_response(reply.status, reply.retry_after, reply.body)
 }
 
-fn json_response(
-    status: u16,
-    retry_after: Option<String>,
-    body: &serde_json::Value,
-) -> Response<String> {
+fn json_response(status: u16, retry_after: Option<String>, body: String) -> Response<String> {
     let mut builder = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(header::CONTENT_TYPE, "application/json; charset=utf-8");
     if let Some(after) = retry_after {
         builder = builder.header(header::RETRY_AFTER, after);
     }
-    builder.body(body.to_string()).unwrap_or_else(|_| {
+    builder.body(body).unwrap_or_else(|_| {
         Response::new(String::from(
             "{\"error\":{\"code\":\"InternalError\",\"message\":\"response could not be built\"}}",
         ))
