@@ -16,7 +16,7 @@ impl Identity {
     /// System-assigned identity, or the user-assigned one named by `AZURE_CLIENT_ID`. Talks to
     /// `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` when the platform sets them (App Service, Functions),
     /// to IMDS otherwise.
-    pub fn from_settings(settings: &Settings) -> Result<Self, String> {
+    pub fn from_settings(settings: &Settings, http: &reqwest::Client) -> Result<Self, String> {
         let options = ManagedIdentityCredentialOptions {
             user_assigned_id: settings.client_id.clone().map(UserAssignedId::ClientId),
             client_options: ClientOptions {
@@ -28,6 +28,7 @@ impl Identity {
                     max_total_elapsed: azure_core::time::Duration::seconds(10),
                     ..ExponentialRetryOptions::default()
                 }),
+                transport: Some(crate::transport::azure_transport(http)),
                 ..ClientOptions::default()
             },
         };

@@ -101,16 +101,24 @@ pub struct Ingestor {
 
 impl Ingestor {
     pub fn new(settings: Arc<Settings>) -> Result<Self, String> {
-        let identity = Identity::from_settings(&settings)?;
+        let http = crate::transport::http_client()?;
+        let identity = Identity::from_settings(&settings, &http)?;
         let client = Arc::new(DmClient::new(
+            http.clone(),
             identity.clone(),
             settings.token_scope.clone(),
             RetryPolicy::default(),
-        )?);
+        ));
+        let transport = crate::transport::azure_transport(&http);
         let caches = settings
             .allowed_dms
             .iter()
-            .map(|dm| (dm.clone(), ResourceCache::new(dm.clone(), client.clone())))
+            .map(|dm| {
+                (
+                    dm.clone(),
+                    ResourceCache::new(dm.clone(), client.clone(), transport.clone()),
+                )
+            })
             .collect();
         Ok(Self {
             posts: Semaphore::new(settings.max_concurrency),

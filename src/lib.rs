@@ -13,3 +13,4 @@ pub mod message;
 pub mod properties;
 pub mod queue_pool;
 pub mod resource_cache;
+pub mod transport;

@@ -4,7 +4,7 @@
 
 use crate::dm::QueueResource;
 use azure_core::error::ErrorKind;
-use azure_core::http::{ClientOptions, RequestContent, RetryOptions, XmlFormat};
+use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Transport, XmlFormat};
 use azure_storage_queue::models::QueueMessage;
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 use std::collections::HashMap;
@@ -131,13 +131,14 @@ pub struct QueuePool {
 }
 
 impl QueuePool {
-    pub fn new(resources: &[QueueResource]) -> Result<Self, String> {
+    pub fn new(resources: &[QueueResource], transport: &Transport) -> Result<Self, String> {
         let mut targets = Vec::with_capacity(resources.len());
         for resource in resources {
             let options = QueueClientOptions {
                 client_options: ClientOptions {
                     // Retrying is ours to do, on a different queue.
                     retry: RetryOptions::none(),
+                    transport: Some(transport.clone()),
                     ..ClientOptions::default()
                 },
                 ..QueueClientOptions::default()
@@ -270,6 +271,10 @@ fn classify(error: &azure_core::Error) -> PostError {
 mod tests {
     use super::*;
 
+    fn test_transport() -> Transport {
+        crate::transport::azure_transport(&crate::transport::http_client().unwrap())
+    }
+
     fn resources(spec: &[(&str, &str)]) -> Vec<QueueResource> {
         let rows: Vec<String> = spec
             .iter()
@@ -287,13 +292,8 @@ mod tests {
 
     #[test]
     fn round_robin_covers_every_queue_and_alternates_accounts() {
-        let pool = QueuePool::new(&resources(&[
-            ("a", "q1"),
-            ("a", "q2"),
-            ("b", "q1"),
-            ("b", "q2"),
-        ]))
-        .unwrap();
+        let queues = resources(&[("a", "q1"), ("a", "q2"), ("b", "q1"), ("b", "q2")]);
+        let pool = QueuePool::new(&queues, &test_transport()).unwrap();
         let ranking = AccountRanking::default();
         let mut firsts = Vec::new();
         for _ in 0..4 {
@@ -312,7 +312,8 @@ mod tests {
 
     #[test]
     fn failing_account_drops_to_a_lower_tier() {
-        let pool = QueuePool::new(&resources(&[("a", "q1"), ("b", "q1")])).unwrap();
+        let pool =
+            QueuePool::new(&resources(&[("a", "q1"), ("b", "q1")]), &test_transport()).unwrap();
         let ranking = AccountRanking::default();
         for _ in 0..10 {
             ranking.record("a", false);

@@ -4,6 +4,7 @@
 use crate::config::DmEndpoint;
 use crate::dm::{AuthorizationContext, DmClient, DmError};
 use crate::queue_pool::{AccountRanking, QueuePool};
+use azure_core::http::Transport;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ struct Failure {
 pub struct ResourceCache {
     dm: DmEndpoint,
     client: Arc<DmClient>,
+    /// The process's HTTP client, for the queue clients of every snapshot.
+    transport: Transport,
     pub ranking: AccountRanking,
     current: RwLock<Option<Arc<Snapshot>>>,
     last_failure: RwLock<Option<Failure>>,
@@ -53,10 +56,11 @@ pub struct ResourceCache {
 }
 
 impl ResourceCache {
-    pub fn new(dm: DmEndpoint, client: Arc<DmClient>) -> Self {
+    pub fn new(dm: DmEndpoint, client: Arc<DmClient>, transport: Transport) -> Self {
         Self {
             dm,
             client,
+            transport,
             ranking: AccountRanking::default(),
             current: RwLock::new(None),
             last_failure: RwLock::new(None),
@@ -141,11 +145,12 @@ impl ResourceCache {
         );
         let built = resources.and_then(|resources| {
             let token = token?;
-            let pool =
-                QueuePool::new(&resources.queues).map_err(|reason| DmError::InvalidResponse {
+            let pool = QueuePool::new(&resources.queues, &self.transport).map_err(|reason| {
+                DmError::InvalidResponse {
                     endpoint: self.dm.to_string(),
                     reason,
-                })?;
+                }
+            })?;
             Ok((resources, token, pool))
         });
         match built {

@@ -118,7 +118,8 @@ impl Azurite {
         // grab one in between: retry a few times when Azurite fails to bind.
         let mut last_err = None;
         for _ in 0..3 {
-            match Self::start_once(&bin, &accounts) {
+            let ports = free_ports(3)?;
+            match Self::start_once(&bin, &accounts, [ports[0], ports[1], ports[2]]) {
                 Ok(a) => return Ok(a),
                 Err(e) => last_err = Some(e),
             }
@@ -126,9 +127,19 @@ impl Azurite {
         Err(last_err.unwrap_or_else(|| Error::Emulator("Azurite start failed".into())))
     }
 
-    fn start_once(bin: &Path, accounts: &[StorageAccount]) -> Result<Azurite> {
-        let ports = free_ports(3)?;
-        let (blob_port, queue_port, table_port) = (ports[0], ports[1], ports[2]);
+    /// Like [`Azurite::start`], but with the given accounts (name and base64 key, e.g. the
+    /// well-known `devstoreaccount1`) on fixed loopback ports `[blob, queue, table]`
+    /// (the local stack). No retry: a taken port is an error.
+    pub fn start_on(accounts: &[StorageAccount], ports: [u16; 3]) -> Result<Azurite> {
+        if accounts.is_empty() {
+            return Err(Error::Config("Azurite needs at least one account".into()));
+        }
+        let bin = Self::install()?;
+        Self::start_once(&bin, accounts, ports)
+    }
+
+    fn start_once(bin: &Path, accounts: &[StorageAccount], ports: [u16; 3]) -> Result<Azurite> {
+        let [blob_port, queue_port, table_port] = ports;
         let env_accounts = accounts
             .iter()
             .map(|a| format!("{}:{}", a.name, a.key))

@@ -59,20 +59,18 @@ pub struct DmClient {
 }
 
 impl DmClient {
-    pub fn new(identity: Identity, scope: String, retry: RetryPolicy) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            // A redirect would carry the bearer token to a host the allowlist never saw.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build the DM HTTP client: {e}"))?;
-        Ok(Self {
+    pub fn new(
+        http: reqwest::Client,
+        identity: Identity,
+        scope: String,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
             http,
             identity,
             scope,
             retry,
-        })
+        }
     }
 
     pub async fn ingestion_resources(
