@@ -79,17 +79,22 @@ impl AccountRanking {
         }
     }
 
-    fn tier(&self, account: &str, now: Instant) -> usize {
-        let rank = self
-            .accounts
-            .lock()
-            .ok()
-            .and_then(|a| a.get(account).map(|w| w.rank(now)))
-            .unwrap_or(1.0);
-        TIERS
+    /// The tier (0 = best) of each of `accounts`, read under one lock.
+    fn tiers(&self, accounts: &[String], now: Instant) -> Vec<usize> {
+        let known = self.accounts.lock().ok();
+        accounts
             .iter()
-            .position(|&threshold| rank >= threshold)
-            .unwrap_or(TIERS.len() - 1)
+            .map(|account| {
+                let rank = known
+                    .as_ref()
+                    .and_then(|a| a.get(account).map(|w| w.rank(now)))
+                    .unwrap_or(1.0);
+                TIERS
+                    .iter()
+                    .position(|&threshold| rank >= threshold)
+                    .unwrap_or(TIERS.len() - 1)
+            })
+            .collect()
     }
 }
 
@@ -127,6 +132,9 @@ pub struct QueuePool {
     /// Indices into `targets`, interleaved across accounts (a1q1, a2q1, a1q2, …) so consecutive
     /// picks, and so retries, land on different accounts.
     interleaved: Vec<usize>,
+    /// Distinct storage accounts, and each target's index into them.
+    accounts: Vec<String>,
+    account_of: Vec<usize>,
     next: AtomicUsize,
 }
 
@@ -175,9 +183,20 @@ impl QueuePool {
                     .filter_map(move |(_, list)| list.get(depth).copied())
             })
             .collect();
+        let account_of = targets
+            .iter()
+            .map(|t| {
+                by_account
+                    .iter()
+                    .position(|(a, _)| *a == t.resource.account)
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok(Self {
             targets,
             interleaved,
+            accounts: by_account.into_iter().map(|(a, _)| a).collect(),
+            account_of,
             next: AtomicUsize::new(0),
         })
     }
@@ -192,24 +211,22 @@ impl QueuePool {
 
     /// The queues to try for one message, best first: healthiest tier first, round-robin within it.
     pub fn candidates(&self, ranking: &AccountRanking) -> Vec<usize> {
-        let now = Instant::now();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.interleaved.len();
-        let mut tiers: [Vec<usize>; TIERS.len()] = Default::default();
-        let mut account_tier: HashMap<&str, usize> = HashMap::new();
-        for offset in 0..n {
-            let index = self.interleaved[(start + offset) % n];
-            let account = self.targets[index].resource.account.as_str();
-            let tier = *account_tier
-                .entry(account)
-                .or_insert_with(|| ranking.tier(account, now));
-            tiers[tier].push(index);
+        let tiers = ranking.tiers(&self.accounts, Instant::now());
+        let mut picked = Vec::with_capacity(MAX_QUEUE_ATTEMPTS);
+        for tier in 0..TIERS.len() {
+            for offset in 0..n {
+                let index = self.interleaved[(start + offset) % n];
+                if tiers[self.account_of[index]] == tier {
+                    picked.push(index);
+                    if picked.len() == MAX_QUEUE_ATTEMPTS {
+                        return picked;
+                    }
+                }
+            }
         }
-        tiers
-            .into_iter()
-            .flatten()
-            .take(MAX_QUEUE_ATTEMPTS)
-            .collect()
+        picked
     }
 
     pub fn account(&self, index: usize) -> &str {

@@ -11,6 +11,9 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .timeout(Duration::from_secs(30))
         // A redirect would carry a bearer token or a SAS to a host nobody vetted.
         .redirect(reqwest::redirect::Policy::none())
+        // DM and storage answers are small; decompression layers only cost CPU per request.
+        .no_gzip()
+        .no_deflate()
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
