@@ -473,3 +473,56 @@ async fn dm_rejecting_the_command_is_502_rejected_without_retry() {
     assert_eq!(app.dm.command_count(".get ingestion resources"), 1);
     app.assert_no_secrets();
 }
+
+#[tokio::test]
+async fn stale_resources_are_served_while_a_refresh_fails_until_their_sas_expires() {
+    // An 8 s SAS makes the handler refresh after ~2 s and stop using the resources after ~4 s.
+    let app = TestApp::builder()
+        .faults(|f| f.set_sas_lifetime(Duration::from_secs(8)))
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let (_, first) = blobs(&app, "fresh", 1);
+    let reply = app.post_ingest(&request(first)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(app.dm.command_count(RESOURCES), 1);
+
+    // The refresh that falls due now fails on every attempt.
+    app.dm.faults().push_statuses(&[(503, None); 40]);
+    tokio::time::sleep(Duration::from_millis(2_500).saturating_sub(started.elapsed())).await;
+    let (uris, second) = blobs(&app, "stale", 2);
+    let reply = app.post_ingest(&request(second)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::ACCEPTED,
+        "the cached copy serves while its SAS is valid: {}",
+        reply.text
+    );
+    assert!(
+        app.dm.command_count(RESOURCES) > 1,
+        "a refresh was attempted"
+    );
+    let messages = app.drain_messages().await;
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+
+    // Past the SAS's usable life there is nothing left to serve.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(started.elapsed())).await;
+    let (_, third) = blobs(&app, "expired", 1);
+    let reply = app.post_ingest(&request(third)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.error_code(),
+        "DataManagementUnavailable",
+        "{}",
+        reply.text
+    );
+    assert!(app.drain_messages().await.is_empty());
+    app.assert_no_secrets();
+}
