@@ -222,7 +222,7 @@ impl Ingestor {
                     // The SAS was rejected: fetch fresh resources once and try again with them.
                     tracing::warn!(blob = %job.blob, generation = snapshot.generation, %reason, "queue refused the SAS; refetching ingestion resources");
                     refetched = true;
-                    match cache.get().await {
+                    match cache.replace(snapshot.generation).await {
                         Ok(fresh) => snapshot = fresh,
                         Err(error) => {
                             return BlobOutcome::Failed(BlobFailure {

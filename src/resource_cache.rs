@@ -87,9 +87,32 @@ impl ResourceCache {
     }
 
     /// Marks `generation` as rejected by storage (403), so the next `get` fetches fresh resources.
-    /// Only the first report per generation matters.
+    /// A report about an older generation than the current one changes nothing: it was replaced.
     pub fn invalidate(&self, generation: u64) {
-        self.invalidated.fetch_max(generation, Ordering::AcqRel);
+        if self.current().is_some_and(|c| c.generation == generation) {
+            self.invalidated.fetch_max(generation, Ordering::AcqRel);
+        }
+    }
+
+    /// Resources newer than `rejected`, whose SAS storage refused: fetched now unless another
+    /// task already replaced them, so that many blobs failing together cause one refetch. Falls
+    /// back to the rejected copy when the refetch fails (the caller then fails its blob).
+    pub async fn replace(&self, rejected: u64) -> Result<Arc<Snapshot>, DmError> {
+        let newer =
+            |c: &Option<Arc<Snapshot>>| c.as_ref().filter(|c| c.generation > rejected).cloned();
+        if let Some(snapshot) = newer(&self.current()) {
+            return Ok(snapshot);
+        }
+        self.invalidate(rejected);
+        let _guard = self.refresh.lock().await;
+        let current = self.current();
+        if let Some(snapshot) = newer(&current) {
+            return Ok(snapshot);
+        }
+        if let Some(error) = self.recent_failure(Instant::now()) {
+            return current.ok_or(error);
+        }
+        self.refresh_locked(current).await
     }
 
     /// Resources to post with. Fresh ones when possible; the stale copy while a refresh fails and

@@ -489,7 +489,7 @@ async fn stale_resources_are_served_while_a_refresh_fails_until_their_sas_expire
 
     // The refresh that falls due now fails on every attempt.
     app.dm.faults().push_statuses(&[(503, None); 40]);
-    tokio::time::sleep(Duration::from_millis(2_500).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
     let (uris, second) = blobs(&app, "stale", 2);
     let reply = app.post_ingest(&request(second)).await;
     assert_eq!(
@@ -508,7 +508,7 @@ async fn stale_resources_are_served_while_a_refresh_fails_until_their_sas_expire
     }
 
     // Past the SAS's usable life there is nothing left to serve.
-    tokio::time::sleep(Duration::from_secs(5).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(started.elapsed())).await;
     let (_, third) = blobs(&app, "expired", 1);
     let reply = app.post_ingest(&request(third)).await;
     assert_eq!(
