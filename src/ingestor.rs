@@ -91,6 +91,8 @@ pub struct DmNotAllowed(pub String);
 
 pub struct Ingestor {
     settings: Arc<Settings>,
+    /// The process's HTTP client (see `transport`), also used for Get Blob Properties.
+    http: reqwest::Client,
     identity: Identity,
     /// One cache per allowlisted DM, created up front: the allowlist bounds the map, and the
     /// token can never be requested for a DM outside it.
@@ -121,6 +123,7 @@ impl Ingestor {
             })
             .collect();
         Ok(Self {
+            http,
             posts: Semaphore::new(settings.max_concurrency),
             settings,
             identity,
@@ -130,6 +133,10 @@ impl Ingestor {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub fn default_dm(&self) -> &DmEndpoint {

@@ -9,7 +9,6 @@ use crate::domain::{is_loopback_host, scrub_secrets};
 use crate::properties::{DATA_FORMATS, PropertyBag, PropertyError};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 use url::Url;
 
@@ -127,28 +126,14 @@ pub fn to_blob_endpoint(url: &str) -> String {
     }
 }
 
-fn client() -> Result<&'static reqwest::Client, MetadataError> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(HEAD_TIMEOUT)
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| MetadataError::Unavailable(format!("no HTTP client: {e}")))
-}
-
 /// Get Blob Properties on `url` (a blob URL without credentials). `bearer` is the storage token
 /// when `auth` is [`Auth::Bearer`].
 pub async fn get_blob_properties(
+    client: &reqwest::Client,
     url: &str,
     auth: &Auth,
     bearer: Option<&str>,
 ) -> Result<BlobProperties, MetadataError> {
-    let client = client()?;
     let request = match auth {
         Auth::Bearer => {
             let token =
@@ -163,6 +148,7 @@ pub async fn get_blob_properties(
     };
     let response = request
         .header("x-ms-version", STORAGE_VERSION)
+        .timeout(HEAD_TIMEOUT)
         .send()
         .await
         .map_err(|e| MetadataError::Unavailable(scrub_secrets(&e.without_url().to_string())))?;
@@ -500,9 +486,14 @@ mod tests {
         )
         .await;
         let url = format!("http://{addr}/devstoreaccount1/c/a.csv");
-        let props = get_blob_properties(&url, &Auth::LocalSas("sv=1&sig=abc".into()), None)
-            .await
-            .unwrap();
+        let props = get_blob_properties(
+            &reqwest::Client::new(),
+            &url,
+            &Auth::LocalSas("sv=1&sig=abc".into()),
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             props.metadata.get("kustotable").map(String::as_str),
             Some("T2")
@@ -521,7 +512,7 @@ mod tests {
     async fn sends_the_bearer_token() {
         let (addr, seen) = storage(200, vec![]).await;
         let url = format!("http://{addr}/a/c/a.csv");
-        get_blob_properties(&url, &Auth::Bearer, Some("tok"))
+        get_blob_properties(&reqwest::Client::new(), &url, &Auth::Bearer, Some("tok"))
             .await
             .unwrap();
         assert_eq!(seen.lock().unwrap()[0].1.as_deref(), Some("Bearer tok"));
@@ -532,7 +523,7 @@ mod tests {
         let (addr, _) = storage(404, vec![("x-ms-error-code", "BlobNotFound")]).await;
         let url = format!("http://{addr}/a/c/a.csv");
         assert_eq!(
-            get_blob_properties(&url, &Auth::Anonymous, None).await,
+            get_blob_properties(&reqwest::Client::new(), &url, &Auth::Anonymous, None).await,
             Err(MetadataError::NotFound)
         );
         let (addr, _) = storage(
@@ -541,7 +532,7 @@ mod tests {
         )
         .await;
         let url = format!("http://{addr}/a/c/a.csv");
-        let e = get_blob_properties(&url, &Auth::Anonymous, None)
+        let e = get_blob_properties(&reqwest::Client::new(), &url, &Auth::Anonymous, None)
             .await
             .unwrap_err();
         assert_eq!(
@@ -554,7 +545,7 @@ mod tests {
         assert!(!e.is_permanent());
         let (addr, _) = storage(503, vec![]).await;
         let url = format!("http://{addr}/a/c/a.csv");
-        let e = get_blob_properties(&url, &Auth::Anonymous, None)
+        let e = get_blob_properties(&reqwest::Client::new(), &url, &Auth::Anonymous, None)
             .await
             .unwrap_err();
         assert_eq!(e, MetadataError::Unavailable("HTTP 503".into()));
@@ -564,9 +555,14 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let url = format!("http://127.0.0.1:{port}/a/c/a.csv");
-        let e = get_blob_properties(&url, &Auth::LocalSas("sv=1&sig=SECRET".into()), None)
-            .await
-            .unwrap_err();
+        let e = get_blob_properties(
+            &reqwest::Client::new(),
+            &url,
+            &Auth::LocalSas("sv=1&sig=SECRET".into()),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, MetadataError::Unavailable(_)));
         assert!(!e.to_string().contains("SECRET"), "{e}");
     }

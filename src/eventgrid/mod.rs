@@ -106,7 +106,7 @@ impl Backend for Live<'_> {
             ),
             _ => None,
         };
-        metadata::get_blob_properties(url, &auth, token.as_deref()).await
+        metadata::get_blob_properties(self.0.http(), url, &auth, token.as_deref()).await
     }
 }
 
