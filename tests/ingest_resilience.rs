@@ -526,3 +526,40 @@ async fn stale_resources_are_served_while_a_refresh_fails_until_their_sas_expire
     assert!(app.drain_messages().await.is_empty());
     app.assert_no_secrets();
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_before_exit() {
+    // A slow DM keeps the first request in flight while the host stops the worker.
+    let mut app = TestApp::builder()
+        .faults(|f| f.set_delay(Duration::from_millis(1_500)))
+        .start()
+        .await;
+    let (uris, bodies) = blobs(&app, "drain", 3);
+    let pid = app.pid().to_string();
+    let terminate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}");
+    };
+    let body = request(bodies);
+    let (reply, ()) = tokio::join!(app.post_ingest(&body), terminate);
+    assert_eq!(
+        reply.status,
+        StatusCode::ACCEPTED,
+        "the request in flight completes: {}",
+        reply.text
+    );
+    let exit = app
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the handler exits after draining");
+    assert!(exit.success(), "clean exit: {exit}");
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 3);
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+}

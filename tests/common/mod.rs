@@ -178,6 +178,30 @@ impl TestApp {
         app
     }
 
+    /// The handler's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("the handler is running")
+    }
+
+    /// Waits up to `timeout` for the handler to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// Polls `GET /` like the Functions host does until the handler answers.
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
