@@ -581,6 +581,31 @@ mod tests {
     }
 
     #[test]
+    fn truncated_and_mangled_bodies_are_rejected_never_accepted_or_panicking() {
+        let body = json!({
+            "database": "d", "table": "t", "format": "csv", "tags": ["a"],
+            "blobs": [{"blobUri": "https://a.blob.core.windows.net/c/1.csv?sig=x", "rawDataSize": 5,
+                       "sourceId": "11111111-2222-4333-8444-555555555555",
+                       "additionalProperties": {"ignoreFirstRecord": "true"}}]
+        })
+        .to_string();
+        let bytes = body.as_bytes();
+        assert!(parse(bytes, 10, &PropertyBag::new()).is_ok());
+        for cut in 0..bytes.len() {
+            assert!(
+                parse(&bytes[..cut], 10, &PropertyBag::new()).is_err(),
+                "prefix of {cut} bytes"
+            );
+        }
+        for (i, _) in body.char_indices().step_by(3) {
+            let mut mangled = bytes.to_vec();
+            mangled[i] = b'\x00';
+            // Whatever the damage, parsing answers (Ok only if the JSON still means a valid request).
+            let _ = parse(&mangled, 10, &PropertyBag::new());
+        }
+    }
+
+    #[test]
     fn caller_guid_is_kept() {
         let req = parse_json(json!({"database": "d", "table": "t", "blobs": [
             {"blobUri": "https://a.blob.core.windows.net/c/1", "sourceId": "11111111-2222-4333-8444-555555555555"},
