@@ -72,10 +72,14 @@ impl AccountRanking {
     pub fn record(&self, account: &str, success: bool) {
         let now = Instant::now();
         if let Ok(mut accounts) = self.accounts.lock() {
-            accounts
-                .entry(account.to_owned())
-                .or_default()
-                .record(now, success);
+            // Look up before inserting: the account's name is only copied the first time.
+            match accounts.get_mut(account) {
+                Some(window) => window.record(now, success),
+                None => accounts
+                    .entry(account.to_owned())
+                    .or_default()
+                    .record(now, success),
+            }
         }
     }
 
@@ -166,14 +170,20 @@ impl QueuePool {
             });
         }
         let mut by_account: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut account_of = Vec::with_capacity(targets.len());
         for (i, t) in targets.iter().enumerate() {
-            match by_account
-                .iter_mut()
-                .find(|(a, _)| *a == t.resource.account)
+            let position = match by_account
+                .iter()
+                .position(|(a, _)| *a == t.resource.account)
             {
-                Some((_, list)) => list.push(i),
-                None => by_account.push((t.resource.account.clone(), vec![i])),
-            }
+                Some(position) => position,
+                None => {
+                    by_account.push((t.resource.account.clone(), Vec::new()));
+                    by_account.len() - 1
+                }
+            };
+            by_account[position].1.push(i);
+            account_of.push(position);
         }
         let deepest = by_account.iter().map(|(_, l)| l.len()).max().unwrap_or(0);
         let interleaved = (0..deepest)
@@ -181,15 +191,6 @@ impl QueuePool {
                 by_account
                     .iter()
                     .filter_map(move |(_, list)| list.get(depth).copied())
-            })
-            .collect();
-        let account_of = targets
-            .iter()
-            .map(|t| {
-                by_account
-                    .iter()
-                    .position(|(a, _)| *a == t.resource.account)
-                    .unwrap_or_default()
             })
             .collect();
         Ok(Self {
