@@ -42,6 +42,19 @@ fn client() -> Result<reqwest::Client> {
         .map_err(|e| Error::http("build reqwest client", e))
 }
 
+/// A storage request carrying the API version every call sends.
+fn storage_request(method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder> {
+    Ok(client()?
+        .request(method, url)
+        .header("x-ms-version", STORAGE_VERSION))
+}
+
+/// Sends `request` and returns the body when the status is one of `ok`.
+async fn call(op: &str, request: reqwest::RequestBuilder, ok: &[u16]) -> Result<String> {
+    let rsp = request.send().await.map_err(|e| Error::http(op, e))?;
+    expect(op, rsp, ok).await
+}
+
 async fn expect(op: &str, rsp: reqwest::Response, ok: &[u16]) -> Result<String> {
     let status = rsp.status().as_u16();
     let body = rsp.text().await.map_err(|e| Error::http(op, e))?;
@@ -232,14 +245,13 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("create queue {account}/{queue}");
-        let rsp = client()?
-            .put(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .header("content-length", "0")
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
-        expect(&op, rsp, &[201, 204]).await.map(|_| ())
+        call(
+            &op,
+            storage_request(reqwest::Method::PUT, &url)?.header("content-length", "0"),
+            &[201, 204],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Deletes a queue (missing queue is fine).
@@ -250,13 +262,13 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("delete queue {account}/{queue}");
-        let rsp = client()?
-            .delete(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
-        expect(&op, rsp, &[204, 404]).await.map(|_| ())
+        call(
+            &op,
+            storage_request(reqwest::Method::DELETE, &url)?,
+            &[204, 404],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Puts one message (the text is sent as-is; Kusto messages are base64 JSON).
@@ -271,15 +283,15 @@ impl AzuriteHandle {
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><QueueMessage><MessageText>{}</MessageText></QueueMessage>",
             xml::escape(text)
         );
-        let rsp = client()?
-            .post(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .header("content-type", "application/xml")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
-        expect(&op, rsp, &[201]).await.map(|_| ())
+        call(
+            &op,
+            storage_request(reqwest::Method::POST, &url)?
+                .header("content-type", "application/xml")
+                .body(body),
+            &[201],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Raw `MessageText` of the visible messages without dequeuing them.
@@ -291,13 +303,7 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("peek messages {account}/{queue}");
-        let rsp = client()?
-            .get(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
-        let body = expect(&op, rsp, &[200]).await?;
+        let body = call(&op, storage_request(reqwest::Method::GET, &url)?, &[200]).await?;
         Ok(xml::elements(&body, "MessageText"))
     }
 
@@ -358,15 +364,14 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("create container {account}/{container}");
-        let rsp = client()?
-            .put(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .header("content-length", "0")
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
         // 409 ContainerAlreadyExists is fine: creation is idempotent here.
-        expect(&op, rsp, &[201, 409]).await.map(|_| ())
+        call(
+            &op,
+            storage_request(reqwest::Method::PUT, &url)?.header("content-length", "0"),
+            &[201, 409],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Uploads a block blob with the given metadata (`x-ms-meta-<name>`).
@@ -384,20 +389,13 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("upload blob {account}/{container}/{name}");
-        let mut req = client()?
-            .put(&url)
-            .header("x-ms-version", STORAGE_VERSION)
+        let mut req = storage_request(reqwest::Method::PUT, &url)?
             .header("x-ms-blob-type", "BlockBlob")
             .header("content-type", "application/octet-stream");
         for (k, v) in metadata {
             req = req.header(format!("x-ms-meta-{k}"), *v);
         }
-        let rsp = req
-            .body(bytes.into())
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
-        expect(&op, rsp, &[201]).await.map(|_| ())
+        call(&op, req.body(bytes.into()), &[201]).await.map(|_| ())
     }
 
     /// Downloads a blob's content.
@@ -440,13 +438,7 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("list blobs {account}/{container}");
-        let rsp = client()?
-            .get(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
-        let body = expect(&op, rsp, &[200]).await?;
+        let body = call(&op, storage_request(reqwest::Method::GET, &url)?, &[200]).await?;
         Ok(xml::blocks(&body, "Blob")
             .into_iter()
             .filter_map(|b| xml::first(b, "Name"))
@@ -463,18 +455,18 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("create table {account}/{table}");
-        let rsp = client()?
-            .post(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .header("accept", "application/json;odata=nometadata")
-            .header("content-type", "application/json")
-            .header("prefer", "return-no-content")
-            .body(serde_json::json!({ "TableName": table }).to_string())
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
         // 409 TableAlreadyExists is fine: creation is idempotent here.
-        expect(&op, rsp, &[201, 204, 409]).await.map(|_| ())
+        call(
+            &op,
+            storage_request(reqwest::Method::POST, &url)?
+                .header("accept", "application/json;odata=nometadata")
+                .header("content-type", "application/json")
+                .header("prefer", "return-no-content")
+                .body(serde_json::json!({ "TableName": table }).to_string()),
+            &[201, 204, 409],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// All entities of a table (first page, up to 1000), as JSON objects.
@@ -485,14 +477,13 @@ impl AzuriteHandle {
             self.admin_sas(account)?
         );
         let op = format!("query entities {account}/{table}");
-        let rsp = client()?
-            .get(&url)
-            .header("x-ms-version", STORAGE_VERSION)
-            .header("accept", "application/json;odata=nometadata")
-            .send()
-            .await
-            .map_err(|e| Error::http(&op, e))?;
-        let body = expect(&op, rsp, &[200]).await?;
+        let body = call(
+            &op,
+            storage_request(reqwest::Method::GET, &url)?
+                .header("accept", "application/json;odata=nometadata"),
+            &[200],
+        )
+        .await?;
         let v: Value = serde_json::from_str(&body).map_err(|e| Error::Storage {
             op: op.clone(),
             status: 200,
