@@ -1,27 +1,46 @@
-//! The application: binds its listener first (so the port is known, 0 included), then serves
-//! until a shutdown signal, letting in-flight requests finish.
+//! The application: builds the services from the settings, binds its listener first (so the port
+//! is known, 0 included), then serves until a shutdown signal, letting in-flight requests finish.
 
-use crate::config::Settings;
-use crate::ingestor::Ingestor;
+use crate::dm::{DmClient, RetryPolicy};
+use crate::eventgrid::{BlobStore, Trigger};
+use crate::http::{IngestApi, Services};
+use crate::identity::Identity;
+use crate::queued::QueuedBackend;
+use crate::settings::Settings;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Why the handler cannot start; `source()` holds the underlying error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("cannot set up the managed identity")]
+    Identity(#[source] azure_core::Error),
+}
+
 pub struct Application {
     listener: TcpListener,
-    ingestor: Arc<Ingestor>,
+    services: Arc<Services<QueuedBackend>>,
 }
 
 impl Application {
     /// Binds 127.0.0.1:`settings.port`: the host always calls the handler on loopback.
-    pub async fn build(settings: Settings) -> Result<Self, String> {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.port));
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let ingestor = Arc::new(Ingestor::new(Arc::new(settings))?);
-        Ok(Self { listener, ingestor })
+            .map_err(|source| StartupError::Listen { addr, source })?;
+        let services = Arc::new(services(settings)?);
+        Ok(Self { listener, services })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -29,10 +48,47 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        warp::serve(crate::http::routes(self.ingestor))
+        warp::serve(crate::http::routes(self.services))
             .incoming(self.listener)
             .graceful(shutdown)
             .run()
             .await;
     }
+}
+
+/// Every service, each given only what it uses. One HTTP client serves the DM, the queues, the
+/// identity endpoint and storage (see `transport`).
+fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError> {
+    let http = crate::transport::http_client().map_err(StartupError::HttpClient)?;
+    let transport = crate::transport::azure_transport(&http);
+    let identity =
+        Identity::managed(settings.client_id, transport.clone()).map_err(StartupError::Identity)?;
+    let dm_client = Arc::new(DmClient::new(
+        http,
+        identity.clone(),
+        settings.token_scope,
+        RetryPolicy::default(),
+    ));
+    let default_dm = settings.dms.default_dm().clone();
+    Ok(Services {
+        backend: QueuedBackend::new(
+            &settings.dms,
+            dm_client,
+            transport.clone(),
+            settings.max_concurrency,
+        ),
+        ingest_api: IngestApi::new(
+            settings.dms,
+            settings.max_blobs,
+            settings.default_properties.clone(),
+        ),
+        trigger: Trigger::new(
+            settings.routes,
+            settings.default_properties,
+            settings.read_blob_metadata,
+            default_dm,
+        ),
+        blob_store: BlobStore::new(identity.credential(), transport, settings.local_blob_access),
+        max_body_bytes: settings.max_body_bytes,
+    })
 }

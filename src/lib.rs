@@ -1,16 +1,17 @@
 //! kusto-ingest-api: Azure Data Explorer queued ingestion behind one HTTP call and one Event Grid
-//! trigger, as an Azure Functions custom handler.
+//! trigger, as an Azure Functions custom handler. `docs/architecture.md` maps the modules.
 
 pub mod app;
-pub mod config;
-pub mod dm;
-pub mod domain;
 pub mod eventgrid;
-pub mod http;
-pub mod identity;
-pub mod ingestor;
-pub mod message;
-pub mod properties;
-pub mod queue_pool;
-pub mod resource_cache;
-pub mod transport;
+pub mod settings;
+
+mod dm;
+mod domain;
+mod http;
+mod identity;
+mod ingest;
+mod local;
+mod properties;
+mod queued;
+mod routing;
+mod transport;

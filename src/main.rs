@@ -1,5 +1,5 @@
 use kusto_ingest_api::app::Application;
-use kusto_ingest_api::config::Settings;
+use kusto_ingest_api::settings::Settings;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {
+            let error = error_chain(&error);
             tracing::error!(%error, "cannot start");
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
@@ -34,6 +35,18 @@ async fn main() -> ExitCode {
     app.run_until(shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// An error and every `source()` under it, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The host stops the worker with SIGTERM; Ctrl-C for local runs.

@@ -7,10 +7,10 @@ use std::fmt;
 /// One ingestion property was given a value Kusto would not accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct PropertyError {
+pub(crate) struct PropertyError {
     /// The key as the caller spelled it.
-    pub key: String,
-    pub message: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> PropertyError {
@@ -38,9 +38,11 @@ fn property_group(key: &str) -> String {
     }
 }
 
-/// Ingestion properties in the order they were given, at most one entry per property group.
+/// Ingestion properties in the order they were given, at most one entry per property group, as
+/// a caller, a setting or blob metadata gave them: unchecked. [`PropertyBag::parse`] turns a bag
+/// into [`Properties`].
 #[derive(Clone, Default, PartialEq)]
-pub struct PropertyBag {
+pub(crate) struct PropertyBag {
     entries: Vec<(String, Value)>,
 }
 
@@ -54,11 +56,11 @@ impl fmt::Debug for PropertyBag {
 }
 
 impl PropertyBag {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn from_map(map: serde_json::Map<String, Value>) -> Self {
+    pub(crate) fn from_map(map: serde_json::Map<String, Value>) -> Self {
         let mut bag = Self::new();
         for (key, value) in map {
             bag.set(key, value);
@@ -67,21 +69,20 @@ impl PropertyBag {
     }
 
     /// Sets a property, replacing any earlier value of the same property under any spelling.
-    pub fn set(&mut self, key: impl Into<String>, value: Value) {
+    pub(crate) fn set(&mut self, key: impl Into<String>, value: Value) {
         let key = key.into();
         let group = property_group(&key);
         self.entries.retain(|(k, _)| property_group(k) != group);
         self.entries.push((key, value));
     }
 
-    /// Applies `other` on top of `self`: its properties win.
-    pub fn overlay(&mut self, other: &PropertyBag) {
+    fn overlay(&mut self, other: &PropertyBag) {
         for (key, value) in &other.entries {
             self.set(key.clone(), value.clone());
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         let group = property_group(key);
         self.entries
             .iter()
@@ -98,24 +99,70 @@ impl PropertyBag {
         Some(self.entries.remove(at))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// Checks every value of a property the handler interprets, so a bad value is reported against
+    /// the layer (and field) it came from, and puts the values the DM parses from strings (`tags`,
+    /// `ingestIfNotExists`) in that form. The caller's `authorizationContext` is dropped: it is
+    /// always ours, never the caller's, because it is what authorizes the ingestion.
+    pub(crate) fn parse(mut self) -> Result<Properties, PropertyError> {
+        self.take("authorizationContext");
+        for (key, value) in &mut self.entries {
+            let checked = match property_group(key).as_str() {
+                "retainblobonsuccess" | "flushimmediately" | "ignoresizelimit" => {
+                    parse_bool(key, value).map(|b| b.map_or(Value::Null, Value::Bool))?
+                }
+                "reportlevel" => Value::from(parse_report_level(key, value)? as u8),
+                "reportmethod" => Value::from(parse_report_method(key, value)? as u8),
+                "format" => {
+                    parse_format(key, value)?;
+                    value.take()
+                }
+                "tags" | "ingestifnotexists" => json_array_string(key, value.take())?,
+                "creationtime" => check_datetime(key, value.take())?,
+                _ => continue,
+            };
+            *value = checked;
+        }
+        Ok(Properties(self))
+    }
+}
+
+/// Ingestion properties whose every value was checked ([`PropertyBag::parse`]): any layering of
+/// them is valid, so the [`IngestionSpec`] of a layering cannot fail.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Properties(PropertyBag);
+
+impl Properties {
+    /// Only a data format: what a blob's name implies. `format` is one of [`DATA_FORMATS`].
+    pub(crate) fn format(format: &'static str) -> Self {
+        debug_assert!(DATA_FORMATS.contains(&format), "{format}");
+        let mut bag = PropertyBag::new();
+        bag.set("format", Value::String(format.to_owned()));
+        Self(bag)
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(k, _)| k.as_str())
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.entries.is_empty()
     }
 
-    /// Checks every value this bag gives to a property the handler interprets, so a bad value is
-    /// reported against the layer (and field) it came from rather than after merging.
-    pub fn validate(&self) -> Result<(), PropertyError> {
-        IngestionSpec::from_bag(self.clone()).map(|_| ())
+    /// Applies `other` on top of `self`: its properties win, under any spelling of their key.
+    pub(crate) fn overlay(&mut self, other: &Properties) {
+        self.0.overlay(&other.0);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key)
+    }
+
+    /// What the ingestion message says with these properties.
+    pub(crate) fn spec(&self) -> IngestionSpec {
+        IngestionSpec::from_checked(self.0.clone())
     }
 }
 
 /// `ReportLevel` of the ingestion message (integer on the wire, as the Python SDK sends it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportLevel {
+pub(crate) enum ReportLevel {
     FailuresOnly = 0,
     DoNotReport = 1,
     FailuresAndSuccesses = 2,
@@ -124,12 +171,12 @@ pub enum ReportLevel {
 /// `ReportMethod` of the ingestion message. Only `Queue` is offered: `Table` needs a status-table
 /// entity written before the message is queued, which this service does not do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportMethod {
+pub(crate) enum ReportMethod {
     Queue = 0,
 }
 
 /// Data formats the DM accepts in `AdditionalProperties.format`.
-pub const DATA_FORMATS: &[&str] = &[
+pub(crate) const DATA_FORMATS: &[&str] = &[
     "csv",
     "tsv",
     "scsv",
@@ -151,7 +198,7 @@ pub const DATA_FORMATS: &[&str] = &[
 ];
 
 /// Kusto's own default when a client names no format.
-pub const DEFAULT_FORMAT: &str = "csv";
+pub(crate) const DEFAULT_FORMAT: &str = "csv";
 
 /// The mapping kind the DM expects next to a mapping reference (CamelCase, unlike `format`).
 fn mapping_kind(format: &str) -> &'static str {
@@ -171,54 +218,45 @@ fn mapping_kind(format: &str) -> &'static str {
 /// What the ingestion message says about one blob, beyond where it goes: the typed top-level
 /// fields and the `AdditionalProperties` (without `authorizationContext`, which the sender adds).
 #[derive(Debug, Clone, PartialEq)]
-pub struct IngestionSpec {
-    pub retain_blob_on_success: bool,
-    pub flush_immediately: bool,
-    pub ignore_size_limit: bool,
-    pub report_level: ReportLevel,
-    pub report_method: ReportMethod,
-    pub additional: Vec<(String, Value)>,
+pub(crate) struct IngestionSpec {
+    pub(crate) retain_blob_on_success: bool,
+    pub(crate) flush_immediately: bool,
+    pub(crate) ignore_size_limit: bool,
+    pub(crate) report_level: ReportLevel,
+    pub(crate) report_method: ReportMethod,
+    pub(crate) additional: Vec<(String, Value)>,
 }
 
 impl IngestionSpec {
-    /// Splits the merged properties into the message's fields. Top-level message fields
+    /// Splits checked properties into the message's fields. Top-level message fields
     /// (`flushImmediately`, `reportLevel`, …) may be given anywhere a property can; everything
-    /// else passes through to `AdditionalProperties` untouched, except that `tags` and
-    /// `ingestIfNotExists` arrays become the JSON-array strings the DM parses.
-    pub fn from_bag(mut bag: PropertyBag) -> Result<Self, PropertyError> {
-        let retain_blob_on_success = take_bool(&mut bag, "retainBlobOnSuccess")?.unwrap_or(true);
-        let flush_immediately = take_bool(&mut bag, "flushImmediately")?.unwrap_or(false);
-        let ignore_size_limit = take_bool(&mut bag, "ignoreSizeLimit")?.unwrap_or(false);
-        let report_level = match bag.take("reportLevel") {
-            None => ReportLevel::FailuresOnly,
-            Some((key, value)) => parse_report_level(&key, &value)?,
+    /// else passes through to `AdditionalProperties` as given (`tags` and `ingestIfNotExists` as
+    /// the JSON-array strings the DM parses).
+    fn from_checked(mut bag: PropertyBag) -> Self {
+        let mut flag = |key: &str, default: bool| {
+            bag.take(key)
+                .and_then(|(_, v)| v.as_bool())
+                .unwrap_or(default)
         };
-        let report_method = match bag.take("reportMethod") {
-            None => ReportMethod::Queue,
-            Some((key, value)) => parse_report_method(&key, &value)?,
+        let retain_blob_on_success = flag("retainBlobOnSuccess", true);
+        let flush_immediately = flag("flushImmediately", false);
+        let ignore_size_limit = flag("ignoreSizeLimit", false);
+        let report_level = match bag.take("reportLevel").and_then(|(_, v)| v.as_u64()) {
+            Some(1) => ReportLevel::DoNotReport,
+            Some(2) => ReportLevel::FailuresAndSuccesses,
+            _ => ReportLevel::FailuresOnly,
         };
-        // Always ours, never the caller's: it is what authorizes the ingestion.
-        bag.take("authorizationContext");
+        // Checked to be `Queue`, the only method offered.
+        bag.take("reportMethod");
+        let report_method = ReportMethod::Queue;
 
-        let format = match bag.get("format") {
-            None => DEFAULT_FORMAT.to_owned(),
-            Some(Value::String(s)) if DATA_FORMATS.contains(&s.to_ascii_lowercase().as_str()) => {
-                s.to_ascii_lowercase()
+        let format = match bag.get("format").and_then(Value::as_str) {
+            Some(format) => format.to_ascii_lowercase(),
+            None => {
+                bag.set("format", Value::String(DEFAULT_FORMAT.to_owned()));
+                DEFAULT_FORMAT.to_owned()
             }
-            Some(Value::String(s)) => {
-                return Err(invalid(
-                    "format",
-                    format!(
-                        "'{s}' is not a Kusto data format (expected one of {})",
-                        DATA_FORMATS.join(", ")
-                    ),
-                ));
-            }
-            Some(_) => return Err(invalid("format", "must be a string such as \"csv\"")),
         };
-        if bag.get("format").is_none() {
-            bag.set("format", Value::String(format.clone()));
-        }
         let has_mapping =
             bag.get("ingestionMappingReference").is_some() || bag.get("ingestionMapping").is_some();
         if has_mapping && bag.get("ingestionMappingType").is_none() {
@@ -227,38 +265,40 @@ impl IngestionSpec {
                 Value::String(mapping_kind(&format).to_owned()),
             );
         }
-
-        let mut additional = Vec::with_capacity(bag.entries.len());
-        for (key, value) in bag.entries {
-            let value = match property_group(&key).as_str() {
-                "tags" | "ingestifnotexists" => json_array_string(&key, value)?,
-                "creationtime" => check_datetime(&key, value)?,
-                _ => value,
-            };
-            additional.push((key, value));
-        }
-        Ok(Self {
+        Self {
             retain_blob_on_success,
             flush_immediately,
             ignore_size_limit,
             report_level,
             report_method,
-            additional,
-        })
+            additional: bag.entries,
+        }
     }
 }
 
-/// Booleans arrive as JSON booleans or, from the Logic App, as the strings "true"/"false".
-fn take_bool(bag: &mut PropertyBag, key: &str) -> Result<Option<bool>, PropertyError> {
-    let Some((spelled, value)) = bag.take(key) else {
-        return Ok(None);
-    };
-    match &value {
+fn parse_format(key: &str, value: &Value) -> Result<(), PropertyError> {
+    match value {
+        Value::String(s) if DATA_FORMATS.contains(&s.to_ascii_lowercase().as_str()) => Ok(()),
+        Value::String(s) => Err(invalid(
+            key,
+            format!(
+                "'{s}' is not a Kusto data format (expected one of {})",
+                DATA_FORMATS.join(", ")
+            ),
+        )),
+        _ => Err(invalid(key, "must be a string such as \"csv\"")),
+    }
+}
+
+/// Booleans arrive as JSON booleans or, from the Logic App, as the strings "true"/"false"; null
+/// means unset.
+fn parse_bool(key: &str, value: &Value) -> Result<Option<bool>, PropertyError> {
+    match value {
         Value::Bool(b) => Ok(Some(*b)),
         Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
         Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
         Value::Null => Ok(None),
-        _ => Err(invalid(&spelled, "must be true or false")),
+        _ => Err(invalid(key, "must be true or false")),
     }
 }
 
@@ -345,6 +385,10 @@ mod tests {
         }
     }
 
+    fn spec_of(bag: PropertyBag) -> Result<IngestionSpec, PropertyError> {
+        bag.parse().map(|p| p.spec())
+    }
+
     fn additional(spec: &IngestionSpec) -> Value {
         Value::Object(spec.additional.iter().cloned().collect())
     }
@@ -353,7 +397,7 @@ mod tests {
     fn later_layer_wins_case_insensitively_and_across_aliases() {
         let mut merged = bag(json!({"format": "csv", "ingestionMappingReference": "req"}));
         merged.overlay(&bag(json!({"Format": "json", "mappingReference": "blob"})));
-        let spec = IngestionSpec::from_bag(merged).unwrap();
+        let spec = spec_of(merged).unwrap();
         assert_eq!(
             additional(&spec),
             json!({"Format": "json", "mappingReference": "blob", "ingestionMappingType": "Json"})
@@ -362,7 +406,7 @@ mod tests {
 
     #[test]
     fn strings_pass_through_untouched() {
-        let spec = IngestionSpec::from_bag(bag(
+        let spec = spec_of(bag(
             json!({"ignoreFirstRecord": "true", "zipPattern": "*.csv"}),
         ))
         .unwrap();
@@ -374,11 +418,11 @@ mod tests {
 
     #[test]
     fn top_level_fields_are_lifted_with_defaults() {
-        let spec = IngestionSpec::from_bag(PropertyBag::new()).unwrap();
+        let spec = spec_of(PropertyBag::new()).unwrap();
         assert!(spec.retain_blob_on_success);
         assert!(!spec.flush_immediately);
         assert_eq!(spec.report_level, ReportLevel::FailuresOnly);
-        let spec = IngestionSpec::from_bag(bag(json!({
+        let spec = spec_of(bag(json!({
             "flushImmediately": "true", "retainBlobOnSuccess": false, "reportLevel": "failuresAndSuccesses"
         })))
         .unwrap();
@@ -390,13 +434,13 @@ mod tests {
 
     #[test]
     fn callers_authorization_context_is_dropped() {
-        let spec = IngestionSpec::from_bag(bag(json!({"authorizationContext": "evil"}))).unwrap();
+        let spec = spec_of(bag(json!({"authorizationContext": "evil"}))).unwrap();
         assert_eq!(additional(&spec), json!({"format": "csv"}));
     }
 
     #[test]
     fn tag_arrays_become_json_array_strings() {
-        let spec = IngestionSpec::from_bag(bag(
+        let spec = spec_of(bag(
             json!({"tags": ["a", "drop-by:x"], "ingestIfNotExists": ["b"]}),
         ))
         .unwrap();
@@ -416,7 +460,7 @@ mod tests {
             (json!({"tags": [1]}), "tags"),
             (json!({"creationTime": "yesterday"}), "creationTime"),
         ] {
-            let e = IngestionSpec::from_bag(bag(input)).unwrap_err();
+            let e = spec_of(bag(input)).unwrap_err();
             assert_eq!(e.key, key);
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
@@ -15,10 +15,21 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .no_gzip()
         .no_deflate()
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Options for an SDK client on the shared transport, without the SDK's retries: each caller
+/// retries by its own policy (another queue, Event Grid's redelivery).
+pub(crate) fn sdk_options(
+    transport: &azure_core::http::Transport,
+) -> azure_core::http::ClientOptions {
+    azure_core::http::ClientOptions {
+        retry: azure_core::http::RetryOptions::none(),
+        transport: Some(transport.clone()),
+        ..azure_core::http::ClientOptions::default()
+    }
 }
 
 /// The same client as an azure_core transport.
-pub fn azure_transport(http: &reqwest::Client) -> azure_core::http::Transport {
+pub(crate) fn azure_transport(http: &reqwest::Client) -> azure_core::http::Transport {
     azure_core::http::Transport::new(Arc::new(http.clone()))
 }

@@ -1,32 +1,30 @@
 //! `POST {dm}/v1/rest/mgmt` with the headers the SDKs send, the app's bearer token, and retries
 //! for throttling and transient server errors.
+//!
+//! Written on reqwest rather than as an azure_core pipeline: azure_core's bearer-token policy
+//! refuses every non-https URL, so it could not talk to the local DM emulator without a test-only
+//! branch, and its retry policy cannot be bounded by a caller's deadline, which a handler answering
+//! the Functions host (230 s) and Event Grid (30 s) must be. What it would give us here — retry on
+//! 429/5xx with `Retry-After`, exponential backoff with jitter — is the twenty lines below.
 
-use super::resources::IngestionResources;
-use super::v1::{KustoErrorBody, V1Response, V1Table};
-use super::{AuthorizationContext, DmError};
-use crate::config::DmEndpoint;
+use super::v1::{KustoErrorBody, V1Response};
+use super::{APPLICATION_FOR_TRACING, CLIENT_VERSION_FOR_TRACING, DmError};
+use crate::domain::DmEndpoint;
 use crate::identity::Identity;
-use rand::Rng;
 use std::time::Duration;
 use uuid::Uuid;
 
-const GET_INGESTION_RESOURCES: &str = ".get ingestion resources";
-const GET_IDENTITY_TOKEN: &str = ".get kusto identity token";
-/// The database the SDKs address these commands to; the DM ignores it for them.
+/// The database the SDKs address management commands to; the DM ignores it for the ingestion
+/// commands.
 const DEFAULT_DB: &str = "NetDefaultDB";
-const CLIENT_VERSION: &str = concat!(
-    "Kusto.IngestApi:{",
-    env!("CARGO_PKG_VERSION"),
-    "}|Runtime.{rust}"
-);
 
 /// How DM calls are retried: only throttling (429), 5xx and unreachable endpoints, with
 /// exponential backoff and jitter, honouring `Retry-After` up to `max_delay`.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
+pub(crate) struct RetryPolicy {
+    pub(crate) attempts: u32,
+    pub(crate) base_delay: Duration,
+    pub(crate) max_delay: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -46,12 +44,12 @@ impl RetryPolicy {
             return after.min(self.max_delay);
         }
         let exp = self.base_delay.saturating_mul(1 << attempt.min(10));
-        let jitter = rand::rng().random_range(0..=self.base_delay.as_millis() as u64);
+        let jitter = rand::random_range(0..=self.base_delay.as_millis() as u64);
         (exp + Duration::from_millis(jitter)).min(self.max_delay)
     }
 }
 
-pub struct DmClient {
+pub(crate) struct DmClient {
     http: reqwest::Client,
     identity: Identity,
     scope: String,
@@ -59,7 +57,7 @@ pub struct DmClient {
 }
 
 impl DmClient {
-    pub fn new(
+    pub(crate) fn new(
         http: reqwest::Client,
         identity: Identity,
         scope: String,
@@ -73,40 +71,12 @@ impl DmClient {
         }
     }
 
-    pub async fn ingestion_resources(
+    /// Runs one management command, retrying transient failures.
+    pub(crate) async fn execute(
         &self,
         dm: &DmEndpoint,
-    ) -> Result<IngestionResources, DmError> {
-        let response = self.execute(dm, GET_INGESTION_RESOURCES).await?;
-        IngestionResources::from_response(&response).map_err(|reason| DmError::InvalidResponse {
-            endpoint: dm.to_string(),
-            reason,
-        })
-    }
-
-    pub async fn identity_token(&self, dm: &DmEndpoint) -> Result<AuthorizationContext, DmError> {
-        let response = self.execute(dm, GET_IDENTITY_TOKEN).await?;
-        let invalid = |reason: String| DmError::InvalidResponse {
-            endpoint: dm.to_string(),
-            reason,
-        };
-        let table = response.primary().map_err(invalid)?;
-        let column = table.column("AuthorizationContext").map_err(invalid)?;
-        match table.rows.as_slice() {
-            [row] => match V1Table::string_at(row, column) {
-                Some(token) if !token.trim().is_empty() => {
-                    Ok(AuthorizationContext::new(token.to_owned()))
-                }
-                _ => Err(invalid("the identity token is empty".to_owned())),
-            },
-            rows => Err(invalid(format!(
-                "expected one identity-token row, got {}",
-                rows.len()
-            ))),
-        }
-    }
-
-    async fn execute(&self, dm: &DmEndpoint, command: &str) -> Result<V1Response, DmError> {
+        command: &str,
+    ) -> Result<V1Response, DmError> {
         let mut attempt = 0;
         loop {
             match self.execute_once(dm, command).await {
@@ -138,8 +108,8 @@ impl DmClient {
             .header("Accept", "application/json")
             .header("Content-Type", "application/json; charset=utf-8")
             .header("x-ms-client-request-id", &request_id)
-            .header("x-ms-client-version", CLIENT_VERSION)
-            .header("x-ms-app", crate::message::APPLICATION_FOR_TRACING)
+            .header("x-ms-client-version", CLIENT_VERSION_FOR_TRACING)
+            .header("x-ms-app", APPLICATION_FOR_TRACING)
             .header("x-ms-version", "2024-12-12")
             .body(serde_json::json!({"db": DEFAULT_DB, "csl": command}).to_string())
             .send()

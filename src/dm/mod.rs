@@ -1,39 +1,26 @@
-//! The Kusto Data Management endpoint: the two management commands queued ingestion needs, the
-//! v1 JSON table format they answer in, and the errors the DM returns.
+//! Talking to a Kusto Data Management endpoint: management commands with the app's token and the
+//! SDKs' headers, the v1 JSON table format they answer in, and the errors the DM returns. What the
+//! commands mean belongs to the backend that runs them.
 
 mod client;
-pub mod resources;
-pub mod v1;
+pub(crate) mod v1;
 
-pub use client::{DmClient, RetryPolicy};
-pub use resources::{IngestionResources, QueueResource};
+pub(crate) use client::{DmClient, RetryPolicy};
 
-use std::fmt;
 use std::time::Duration;
 
-/// The opaque identity token (`.get kusto identity token`) every message must carry. Never
-/// printed: `Debug` and `Display` redact it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AuthorizationContext(String);
-
-impl AuthorizationContext {
-    pub fn new(token: String) -> Self {
-        Self(token)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AuthorizationContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthorizationContext(<redacted>)")
-    }
-}
+/// `x-ms-app` and the message's `ApplicationForTracing`: how the cluster's logs name this service.
+pub(crate) const APPLICATION_FOR_TRACING: &str = "kusto-ingest-api";
+/// `x-ms-client-version` and the message's `ClientVersionForTracing`, in the SDKs' format.
+pub(crate) const CLIENT_VERSION_FOR_TRACING: &str = concat!(
+    "Kusto.IngestApi:{",
+    env!("CARGO_PKG_VERSION"),
+    "}|Runtime.{rust}"
+);
 
 /// Why a DM call failed. Messages never contain the bearer token or a SAS.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum DmError {
+pub(crate) enum DmError {
     #[error("could not get a managed-identity token for the DM: {0}")]
     Identity(String),
     #[error("the DM at {endpoint} could not be reached: {reason}")]
@@ -73,7 +60,7 @@ fn retry_hint(retry_after: &Option<Duration>) -> String {
 
 impl DmError {
     /// Transient failures may succeed if the same call is made again later.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             DmError::Identity(_)
@@ -83,7 +70,7 @@ impl DmError {
         )
     }
 
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             DmError::Throttled { retry_after, .. } => *retry_after,
             _ => None,

@@ -5,30 +5,30 @@ use serde::Deserialize;
 use serde_json::Value;
 
 #[derive(Debug, Deserialize)]
-pub struct V1Response {
+pub(crate) struct V1Response {
     #[serde(rename = "Tables")]
-    pub tables: Vec<V1Table>,
+    pub(crate) tables: Vec<V1Table>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct V1Table {
+pub(crate) struct V1Table {
     #[serde(rename = "TableName", default)]
-    pub table_name: String,
+    pub(crate) table_name: String,
     #[serde(rename = "Columns")]
-    pub columns: Vec<V1Column>,
+    pub(crate) columns: Vec<V1Column>,
     #[serde(rename = "Rows")]
-    pub rows: Vec<Vec<Value>>,
+    pub(crate) rows: Vec<Vec<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct V1Column {
+pub(crate) struct V1Column {
     #[serde(rename = "ColumnName")]
-    pub column_name: String,
+    pub(crate) column_name: String,
 }
 
 impl V1Response {
     /// The primary result: the first table, as the SDKs read it.
-    pub fn primary(&self) -> Result<&V1Table, String> {
+    pub(crate) fn primary(&self) -> Result<&V1Table, String> {
         self.tables
             .first()
             .ok_or_else(|| "the response has no table".to_owned())
@@ -36,7 +36,7 @@ impl V1Response {
 }
 
 impl V1Table {
-    pub fn column(&self, name: &str) -> Result<usize, String> {
+    pub(crate) fn column(&self, name: &str) -> Result<usize, String> {
         self.columns
             .iter()
             .position(|c| c.column_name.eq_ignore_ascii_case(name))
@@ -44,7 +44,7 @@ impl V1Table {
     }
 
     /// The string in `row` at `column`, if that cell is a string.
-    pub fn string_at(row: &[Value], column: usize) -> Option<&str> {
+    pub(crate) fn string_at(row: &[Value], column: usize) -> Option<&str> {
         row.get(column).and_then(Value::as_str)
     }
 }
@@ -52,24 +52,24 @@ impl V1Table {
 /// `{"error": {"code", "message", "@message", ...}}`; every field optional because only JSON
 /// bodies of 4xx/5xx other than 401 are promised.
 #[derive(Debug, Deserialize, Default)]
-pub struct KustoErrorBody {
+pub(crate) struct KustoErrorBody {
     #[serde(default)]
-    pub error: KustoError,
+    pub(crate) error: KustoError,
 }
 
 #[derive(Debug, Deserialize, Default)]
-pub struct KustoError {
+pub(crate) struct KustoError {
     #[serde(default)]
-    pub code: Option<String>,
+    pub(crate) code: Option<String>,
     #[serde(default)]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
     #[serde(rename = "@message", default)]
-    pub detail: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
 impl KustoErrorBody {
     /// A one-line summary of a DM error body; the raw text (truncated) when it is not JSON.
-    pub fn summarize(body: &[u8]) -> String {
+    pub(crate) fn summarize(body: &[u8]) -> String {
         match serde_json::from_slice::<KustoErrorBody>(body) {
             Ok(KustoErrorBody { error }) if error.code.is_some() || error.message.is_some() => {
                 let mut parts: Vec<String> = Vec::new();

@@ -6,21 +6,22 @@
 //! `Data.event` is usually a string holding a string holding the event. An object, a JSON string
 //! and a double-encoded JSON string are all accepted, as is an array of events in any of them.
 
+use crate::domain::{clip, json_kind};
 use serde_json::{Value, json};
 
 /// The trigger binding's `name` in `BlobCreated/function.json`.
-pub const BINDING_NAME: &str = "event";
+pub(crate) const BINDING_NAME: &str = "event";
 
 /// More layers of string encoding than the host ever adds (it adds two).
 const MAX_ENCODING_DEPTH: usize = 4;
 
 /// At most this many `Logs` lines go back to the host; the rest are counted in a last line (every
 /// line still goes to the handler's own log).
-pub const MAX_LOG_LINES: usize = 200;
+pub(crate) const MAX_LOG_LINES: usize = 200;
 
 /// Why the invocation body did not yield any event. Redelivering it cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvelopeError {
+pub(crate) enum EnvelopeError {
     #[error("the invocation body is not JSON ({0})")]
     NotJson(String),
     #[error("the invocation body has no `Data` object")]
@@ -37,7 +38,7 @@ pub enum EnvelopeError {
 
 /// The events of one invocation, each still to be parsed (an element of an array that could not
 /// be decoded is returned as it is, and rejected by the event parser).
-pub fn decode_events(body: &[u8]) -> Result<Vec<Value>, EnvelopeError> {
+pub(crate) fn decode_events(body: &[u8]) -> Result<Vec<Value>, EnvelopeError> {
     let envelope: Value =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
     let data = envelope
@@ -54,7 +55,7 @@ pub fn decode_events(body: &[u8]) -> Result<Vec<Value>, EnvelopeError> {
         // A differently named binding still works when it is the only one.
         None if data.len() == 1 => data.values().next().cloned().unwrap_or(Value::Null),
         None => {
-            let mut names: Vec<String> = data.keys().take(10).map(|k| super::clip(k)).collect();
+            let mut names: Vec<String> = data.keys().take(10).map(|k| clip(k)).collect();
             if names.is_empty() {
                 names.push("nothing".to_owned());
             }
@@ -67,12 +68,12 @@ pub fn decode_events(body: &[u8]) -> Result<Vec<Value>, EnvelopeError> {
             .map(|item| unwrap_strings(item.clone()).unwrap_or(item))
             .collect()),
         object @ Value::Object(_) => Ok(vec![object]),
-        other => Err(EnvelopeError::WrongType(super::event::json_kind(&other))),
+        other => Err(EnvelopeError::WrongType(json_kind(&other))),
     }
 }
 
 /// The reply body the host expects; `Logs` become the invocation's log lines.
-pub fn reply_body(mut logs: Vec<String>) -> Value {
+pub(crate) fn reply_body(mut logs: Vec<String>) -> Value {
     if logs.len() > MAX_LOG_LINES {
         let dropped = logs.len() - (MAX_LOG_LINES - 1);
         logs.truncate(MAX_LOG_LINES - 1);

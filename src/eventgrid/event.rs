@@ -1,12 +1,12 @@
 //! One Event Grid event, in Event Grid schema or CloudEvents 1.0, parsed into what the trigger
 //! needs. Only `Microsoft.Storage.BlobCreated` events are parsed beyond their id and type.
 
-use super::clip;
+use crate::domain::{clip, json_kind};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
 
-pub const BLOB_CREATED: &str = "Microsoft.Storage.BlobCreated";
+pub(crate) const BLOB_CREATED: &str = "Microsoft.Storage.BlobCreated";
 
 /// Event ids are GUID-like; anything this long is not a real event.
 const MAX_ID: usize = 1024;
@@ -17,7 +17,7 @@ const MAX_URL: usize = 8192;
 const MAX_TYPE: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
+pub(crate) enum Schema {
     EventGrid,
     CloudEvents,
 }
@@ -32,14 +32,14 @@ impl fmt::Display for Schema {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub id: String,
-    pub schema: Schema,
-    pub kind: EventKind,
+pub(crate) struct Event {
+    pub(crate) id: String,
+    pub(crate) schema: Schema,
+    pub(crate) kind: EventKind,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     BlobCreated(BlobCreated),
     /// Any other event type (subscription validation, BlobDeleted, …): acknowledged, not ingested.
     Other {
@@ -49,29 +49,29 @@ pub enum EventKind {
 
 /// The parts of a `Microsoft.Storage.BlobCreated` event the trigger uses.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BlobCreated {
+pub(crate) struct BlobCreated {
     /// `data.api`: `PutBlob`, `PutBlockList`, `FlushWithClose`, `CopyBlob`, `CreateFile`, …
-    pub api: String,
+    pub(crate) api: String,
     /// Container, from the subject, percent-decoded.
-    pub container: String,
+    pub(crate) container: String,
     /// Blob path inside the container, from the subject, percent-decoded.
-    pub path: String,
+    pub(crate) path: String,
     /// `data.url` as delivered (no credentials).
-    pub url: String,
+    pub(crate) url: String,
     /// `data.contentLength`, the stored (possibly compressed) size.
-    pub content_length: Option<u64>,
+    pub(crate) content_length: Option<u64>,
 }
 
 impl BlobCreated {
     /// A directory rather than a file: an ADLS Gen2 directory or a "folder" placeholder blob.
-    pub fn is_folder(&self) -> bool {
+    pub(crate) fn is_folder(&self) -> bool {
         self.path.ends_with('/') || self.url.ends_with('/')
     }
 }
 
 /// Why an event could not be understood. Redelivering it cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EventError {
+pub(crate) enum EventError {
     #[error("the event is {0}, not a JSON object")]
     NotAnObject(&'static str),
     #[error(
@@ -98,11 +98,11 @@ pub enum EventError {
 }
 
 /// The event's id, if it has a usable one, for log lines about an event that failed to parse.
-pub fn peek_id(value: &Value) -> Option<String> {
+pub(crate) fn peek_id(value: &Value) -> Option<String> {
     value.get("id").and_then(Value::as_str).map(clip)
 }
 
-pub fn parse_event(value: &Value) -> Result<Event, EventError> {
+pub(crate) fn parse_event(value: &Value) -> Result<Event, EventError> {
     let obj = value
         .as_object()
         .ok_or(EventError::NotAnObject(json_kind(value)))?;
@@ -200,7 +200,7 @@ fn required_str<'a>(
 
 /// `/blobServices/default/containers/<container>/blobs/<path>`, with or without the leading slash
 /// (the CloudEvents samples omit it), into percent-decoded container and path.
-pub fn parse_subject(subject: &str) -> Result<(String, String), EventError> {
+pub(crate) fn parse_subject(subject: &str) -> Result<(String, String), EventError> {
     let bad = || EventError::BadSubject(format!("'{}'", clip(subject)));
     let rest = subject.strip_prefix('/').unwrap_or(subject);
     let rest = rest
@@ -222,18 +222,6 @@ fn decode(s: &str) -> String {
         .decode_utf8()
         .map(Cow::into_owned)
         .unwrap_or_else(|_| s.to_owned())
-}
-
-/// How a JSON value is named in messages ("a string", "an array", …).
-pub(crate) fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ const EXTENSIONS: &[(&str, &str)] = &[
 
 /// The format a file name implies: `a.csv` → csv, `a.csv.gz` → csv, `a.PARQUET` → parquet;
 /// `None` for unknown or missing extensions (`a.bin`, `a.gz`, `README`).
-pub fn infer_format(file_name: &str) -> Option<&'static str> {
+pub(crate) fn infer_format(file_name: &str) -> Option<&'static str> {
     let mut name = file_name.to_ascii_lowercase();
     if let Some(wrapper) = WRAPPERS.iter().find(|w| name.ends_with(*w)) {
         name.truncate(name.len() - wrapper.len());

@@ -2,7 +2,10 @@
 //! Fixtures are shared with the black-box tests (tests/fixtures/eventgrid/).
 
 use super::*;
-use crate::ingestor::BlobFailure;
+use crate::domain::BlobUri;
+use crate::ingest::{BlobFailure, FailureCode};
+use crate::settings::Settings;
+use blob_store::{BlobProperties, MetadataError};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -26,7 +29,7 @@ enum IngestMode {
 }
 
 struct Fake {
-    settings: Settings,
+    trigger: Trigger,
     metadata: HashMap<String, Result<BlobProperties, MetadataError>>,
     mode: IngestMode,
     /// Every job handed to `ingest`, whatever the outcome.
@@ -51,7 +54,12 @@ impl Fake {
         );
         let settings = Settings::from_lookup(|k| map.get(k).cloned()).expect("valid test settings");
         Self {
-            settings,
+            trigger: Trigger::new(
+                settings.routes,
+                settings.default_properties,
+                settings.read_blob_metadata,
+                settings.dms.default_dm().clone(),
+            ),
             metadata: HashMap::new(),
             mode: IngestMode::Queue,
             jobs: Mutex::new(Vec::new()),
@@ -79,12 +87,17 @@ impl Fake {
     }
 }
 
-impl Backend for Fake {
-    fn settings(&self) -> &Settings {
-        &self.settings
-    }
+/// The trigger over the fake, as the HTTP route calls it over the real services.
+async fn handle(fake: &Fake, body: &[u8]) -> InvocationReply {
+    fake.trigger.handle(fake, fake, body).await
+}
 
-    async fn ingest(&self, jobs: &[BlobJob]) -> Result<Vec<BlobOutcome>, BlobFailure> {
+impl Backend for Fake {
+    async fn ingest(
+        &self,
+        _dm: &DmEndpoint,
+        jobs: &[BlobJob],
+    ) -> Result<Vec<BlobOutcome>, BlobFailure> {
         *self.ingest_calls.lock().unwrap() += 1;
         self.jobs.lock().unwrap().extend(jobs.iter().cloned());
         match &self.mode {
@@ -93,8 +106,11 @@ impl Backend for Fake {
             IngestMode::Outcomes(o) => Ok(o.clone()),
         }
     }
+}
 
-    async fn blob_properties(&self, url: &str) -> Result<BlobProperties, MetadataError> {
+impl BlobMetadata for Fake {
+    async fn blob_properties(&self, blob: &BlobUri) -> Result<BlobProperties, MetadataError> {
+        let url = blob.without_credentials();
         self.metadata_calls.lock().unwrap().push(url.to_owned());
         self.metadata
             .get(url)
@@ -372,8 +388,11 @@ async fn every_skip_reason_is_acknowledged_and_logged() {
         // The untrusted host goes through the real host check.
         fake.metadata.insert(
             "https://files.example.com/landing/u.csv".into(),
-            metadata::auth_for("https://files.example.com/landing/u.csv", None)
-                .map(|_| BlobProperties::default()),
+            blob_store::auth_for(
+                &BlobUri::parse("https://files.example.com/landing/u.csv").unwrap(),
+                &crate::local::LocalBlobAccess::default(),
+            )
+            .map(|_| BlobProperties::default()),
         );
         let reply = handle(&fake, &host_envelope(&event)).await;
         let text = log_text(&reply);
@@ -563,19 +582,19 @@ async fn blob_identity_is_appended_for_the_dm_and_kept_out_of_logs() {
 #[tokio::test]
 async fn failures_on_our_side_answer_500_so_event_grid_redelivers() {
     let event = blob_event("t1", "landing", "a.csv", 5);
-    let failure = |transient| BlobFailure {
-        code: "DataManagementUnavailable",
-        message: "the DM at https://ingest-x could not be reached".into(),
-        transient,
-    };
+    // Transient or not, a failure on our side is redelivered.
+    let failure = |code| BlobFailure::new(code, "the DM at https://ingest-x could not be reached");
 
-    for transient in [true, false] {
-        let fake = Fake::new(landing()).mode(IngestMode::Fail(failure(transient)));
+    for code in [
+        FailureCode::DataManagementUnavailable,
+        FailureCode::DataManagementRejected,
+    ] {
+        let fake = Fake::new(landing()).mode(IngestMode::Fail(failure(code)));
         let reply = handle(&fake, &host_envelope(&event)).await;
         assert_eq!(reply.status, 500);
         let text = log_text(&reply);
         assert!(text.contains("event t1: not queued"), "{text}");
-        assert!(text.contains("DataManagementUnavailable"), "{text}");
+        assert!(text.contains(code.as_str()), "{text}");
         assert!(
             text.contains("answering 500 so that Event Grid redelivers"),
             "{text}"
@@ -584,11 +603,10 @@ async fn failures_on_our_side_answer_500_so_event_grid_redelivers() {
     }
 
     let fake = Fake::new(landing()).mode(IngestMode::Outcomes(vec![BlobOutcome::Failed(
-        BlobFailure {
-            code: "QueueUnavailable",
-            message: "no ingestion queue accepted the message".into(),
-            transient: true,
-        },
+        BlobFailure::new(
+            FailureCode::QueueUnavailable,
+            "no ingestion queue accepted the message",
+        ),
     )]));
     let reply = handle(&fake, &host_envelope(&event)).await;
     assert_eq!(reply.status, 500);
@@ -596,11 +614,7 @@ async fn failures_on_our_side_answer_500_so_event_grid_redelivers() {
 
     // A message no queue will ever accept: acknowledged, reported.
     let fake = Fake::new(landing()).mode(IngestMode::Outcomes(vec![BlobOutcome::Failed(
-        BlobFailure {
-            code: "MessageTooLarge",
-            message: "too large".into(),
-            transient: false,
-        },
+        BlobFailure::new(FailureCode::MessageTooLarge, "too large"),
     )]));
     let reply = handle(&fake, &host_envelope(&event)).await;
     assert_eq!(reply.status, 200);
@@ -776,8 +790,8 @@ async fn reply_has_the_invocation_result_shape() {
 
 #[test]
 fn clip_bounds_and_escapes() {
-    assert_eq!(clip("a\nb\u{1b}"), "a\\nb\\u{1b}");
-    let long = clip(&"x".repeat(10_000));
+    assert_eq!(crate::domain::clip("a\nb\u{1b}"), "a\\nb\\u{1b}");
+    let long = crate::domain::clip(&"x".repeat(10_000));
     assert_eq!(long.chars().count(), 257);
 }
 

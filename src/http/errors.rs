@@ -1,30 +1,41 @@
-//! Every error the HTTP edge returns, and its one mapping to a status and the Azure REST error shape
-//! `{"error": {"code", "message", "target", "details"}}`.
+//! Every error the HTTP edge returns, and its one mapping to a status, `Retry-After` and the Azure
+//! REST error shape `{"error": {"code", "message", "target", "details"}}`. Per-blob failures
+//! ([`BlobFailure`]) are mapped here too.
 
+use crate::ingest::BlobFailure;
 use serde::Serialize;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ErrorDetail {
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct ErrorDetail {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
 }
 
 impl ErrorDetail {
-    pub fn new(code: &'static str, message: impl Into<String>, target: Option<String>) -> Self {
+    pub(crate) fn new(
+        code: &'static str,
+        message: impl Into<String>,
+        target: Option<String>,
+    ) -> Self {
         Self {
             code,
             message: message.into(),
             target,
         }
     }
+
+    /// A blob failure as an error: its code and message.
+    pub(crate) fn failure(failure: &BlobFailure) -> Self {
+        Self::new(failure.code.as_str(), failure.message.clone(), None)
+    }
 }
 
 /// A request-level failure, before any blob was attempted.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The body is not JSON.
     InvalidJson(String),
     /// One or more fields are missing or invalid; the first is the headline.
@@ -41,7 +52,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::InvalidJson(_) | ApiError::InvalidFields(_) => 400,
             ApiError::DmNotAllowed(_) => 403,
@@ -50,22 +61,20 @@ impl ApiError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        let (headline, details) = match self {
-            ApiError::InvalidJson(reason) => (
-                ErrorDetail::new(
-                    "InvalidJson",
-                    format!("The request body is not valid JSON: {reason}"),
-                    None,
-                ),
-                vec![],
+    /// The error's headline: its `error.code` and `error.message`.
+    pub(crate) fn headline(&self) -> ErrorDetail {
+        match self {
+            ApiError::InvalidJson(reason) => ErrorDetail::new(
+                "InvalidJson",
+                format!("The request body is not valid JSON: {reason}"),
+                None,
             ),
             ApiError::InvalidFields(errors) => {
                 let first = errors
                     .first()
                     .cloned()
                     .unwrap_or_else(|| ErrorDetail::new("InvalidField", "invalid request", None));
-                let headline = if errors.len() > 1 {
+                if errors.len() > 1 {
                     ErrorDetail {
                         message: format!(
                             "{} (and {} more problems, see details)",
@@ -76,54 +85,127 @@ impl ApiError {
                     }
                 } else {
                     first
-                };
-                (headline, errors.clone())
+                }
             }
-            ApiError::TooManyBlobs { count, max } => (
-                ErrorDetail::new(
-                    "TooManyBlobs",
-                    format!(
-                        "The request lists {count} blobs; at most {max} are accepted per request (setting INGEST_MAX_BLOBS). Split it into several requests."
-                    ),
-                    Some("blobs".to_owned()),
+            ApiError::TooManyBlobs { count, max } => ErrorDetail::new(
+                "TooManyBlobs",
+                format!(
+                    "The request lists {count} blobs; at most {max} are accepted per request (setting INGEST_MAX_BLOBS). Split it into several requests."
                 ),
-                vec![],
+                Some("blobs".to_owned()),
             ),
-            ApiError::BodyTooLarge { max } => (
-                ErrorDetail::new(
-                    "BodyTooLarge",
-                    format!(
-                        "The request body is larger than {max} bytes (setting INGEST_MAX_BODY_BYTES)."
-                    ),
-                    None,
+            ApiError::BodyTooLarge { max } => ErrorDetail::new(
+                "BodyTooLarge",
+                format!(
+                    "The request body is larger than {max} bytes (setting INGEST_MAX_BODY_BYTES)."
                 ),
-                vec![],
+                None,
             ),
-            ApiError::DmNotAllowed(uri) => (
-                ErrorDetail::new(
-                    "DataManagementUriNotAllowed",
-                    format!(
-                        "'{uri}' is not an allowed Data Management endpoint; allowed endpoints are configured with KUSTO_INGEST_URI and KUSTO_ALLOWED_INGEST_URIS."
-                    ),
-                    Some("dataManagementUri".to_owned()),
+            ApiError::DmNotAllowed(uri) => ErrorDetail::new(
+                "DataManagementUriNotAllowed",
+                format!(
+                    "'{uri}' is not an allowed Data Management endpoint; allowed endpoints are configured with KUSTO_INGEST_URI and KUSTO_ALLOWED_INGEST_URIS."
                 ),
-                vec![],
+                Some("dataManagementUri".to_owned()),
             ),
-            ApiError::NotFound => (ErrorDetail::new("NotFound", "No such route.", None), vec![]),
-        };
-        error_body(&headline, &details)
+            ApiError::NotFound => ErrorDetail::new("NotFound", "No such route.", None),
+        }
+    }
+
+    fn details(&self) -> &[ErrorDetail] {
+        match self {
+            ApiError::InvalidFields(errors) => errors,
+            _ => &[],
+        }
     }
 }
 
-pub fn error_body(headline: &ErrorDetail, details: &[ErrorDetail]) -> serde_json::Value {
-    let mut error = serde_json::to_value(headline).unwrap_or_default();
-    if !details.is_empty() {
-        error["details"] = serde_json::to_value(details).unwrap_or_default();
-    }
-    serde_json::json!({ "error": error })
+/// `{"error": {...headline, "details": [...]}}`.
+#[derive(Serialize)]
+pub(crate) struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
 }
 
-/// `Retry-After` in whole seconds, at least one.
-pub fn retry_after_header(after: Duration) -> String {
-    after.as_secs().max(1).to_string()
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    #[serde(flatten)]
+    headline: &'a ErrorDetail,
+    #[serde(skip_serializing_if = "<[ErrorDetail]>::is_empty")]
+    details: &'a [ErrorDetail],
+}
+
+impl<'a> ErrorBody<'a> {
+    pub(crate) fn new(headline: &'a ErrorDetail, details: &'a [ErrorDetail]) -> Self {
+        Self {
+            error: ErrorObject { headline, details },
+        }
+    }
+}
+
+/// The HTTP answer: status, `Retry-After`, JSON body.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) body: String,
+}
+
+impl Reply {
+    /// `body` serialized; a body that cannot be serialized is a 500 with a fixed error, never an
+    /// empty answer under the intended status.
+    pub(crate) fn json<T: Serialize>(status: u16, retry_after: Option<Duration>, body: &T) -> Self {
+        match serde_json::to_string(body) {
+            Ok(body) => Self {
+                status,
+                retry_after,
+                body,
+            },
+            Err(error) => {
+                tracing::error!(%error, status, "response body could not be serialized");
+                Self {
+                    status: 500,
+                    retry_after: None,
+                    body: String::from(
+                        "{\"error\":{\"code\":\"InternalError\",\"message\":\"the response could not be serialized\"}}",
+                    ),
+                }
+            }
+        }
+    }
+
+    /// `Retry-After` in whole seconds, at least one.
+    pub(crate) fn retry_after_header(&self) -> Option<String> {
+        self.retry_after
+            .map(|after| after.as_secs().max(1).to_string())
+    }
+}
+
+impl From<ApiError> for Reply {
+    fn from(error: ApiError) -> Self {
+        let headline = error.headline();
+        Reply::json(
+            error.status(),
+            None,
+            &ErrorBody::new(&headline, error.details()),
+        )
+    }
+}
+
+/// Status and `Retry-After` of an answer in which no blob was queued: 503 and the longest retry hint
+/// when trying again may help, otherwise 502 when the whole batch failed on our side (the DM
+/// refused) and 400 when every blob was refused on its own.
+pub(crate) fn nothing_queued<'a>(
+    failures: impl IntoIterator<Item = &'a BlobFailure>,
+    whole_batch: bool,
+) -> (u16, Option<Duration>) {
+    let retry_after = failures
+        .into_iter()
+        .filter(|f| f.is_transient())
+        .filter_map(|f| f.retry_after)
+        .max();
+    match retry_after {
+        Some(after) => (503, Some(after)),
+        None if whole_batch => (502, None),
+        None => (400, None),
+    }
 }

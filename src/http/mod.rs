@@ -1,8 +1,22 @@
 //! The HTTP surface the Functions host talks to: the readiness probe, the forwarded
 //! `POST /api/ingest`, and the `POST /BlobCreated` invocation.
 
-pub mod errors;
-pub mod ingest_api;
+mod errors;
+mod ingest_api;
 mod routes;
 
-pub use routes::routes;
+pub(crate) use ingest_api::IngestApi;
+pub(crate) use routes::routes;
+
+use crate::eventgrid::{BlobStore, Trigger};
+
+/// What the routes call: the ingestion backend and the services of each trigger.
+pub(crate) struct Services<B> {
+    pub(crate) backend: B,
+    pub(crate) ingest_api: IngestApi,
+    pub(crate) trigger: Trigger,
+    /// Get Blob Properties for the trigger.
+    pub(crate) blob_store: BlobStore,
+    /// Largest request body read, for every route.
+    pub(crate) max_body_bytes: usize,
+}

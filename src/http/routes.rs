@@ -1,9 +1,9 @@
 //! warp filters. Each route reads its body under the configured limit, calls one handler, and
 //! turns its `Reply` into an HTTP response; nothing else happens here.
 
-use super::errors::ApiError;
-use super::ingest_api::{self, Reply};
-use crate::ingestor::Ingestor;
+use super::Services;
+use super::errors::{ApiError, Reply};
+use crate::ingest::Backend;
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
@@ -11,12 +11,12 @@ use std::sync::Arc;
 use warp::Filter;
 use warp::http::{Response, StatusCode, header};
 
-pub fn routes(
-    ingestor: Arc<Ingestor>,
+pub(crate) fn routes<B: Backend>(
+    services: Arc<Services<B>>,
 ) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static
 {
-    let max_body = ingestor.settings().max_body_bytes;
-    let with_ingestor = warp::any().map(move || ingestor.clone());
+    let max_body = services.max_body_bytes;
+    let with_services = warp::any().map(move || services.clone());
 
     // The host polls `GET /` until it answers; any answer means ready.
     let ready = warp::get()
@@ -25,11 +25,11 @@ pub fn routes(
 
     let ingest = warp::post()
         .and(warp::path!("api" / "ingest"))
-        .and(with_ingestor.clone())
+        .and(with_services.clone())
         .and(warp::body::stream())
-        .then(move |ingestor: Arc<Ingestor>, body| async move {
+        .then(move |services: Arc<Services<B>>, body| async move {
             let reply = match read_limited(body, max_body).await {
-                Ok(bytes) => ingest_api::handle(&ingestor, bytes).await,
+                Ok(bytes) => services.ingest_api.handle(&services.backend, bytes).await,
                 Err(error) => error.into(),
             };
             to_response(reply)
@@ -37,17 +37,18 @@ pub fn routes(
 
     let blob_created = warp::post()
         .and(warp::path!("BlobCreated"))
-        .and(with_ingestor)
+        .and(with_services)
         .and(warp::body::stream())
-        .then(move |ingestor: Arc<Ingestor>, body| async move {
+        .then(move |services: Arc<Services<B>>, body| async move {
             let reply = match read_limited(body, max_body).await {
-                Ok(bytes) => crate::eventgrid::handle_invocation(&ingestor, &bytes).await,
+                Ok(bytes) => {
+                    services
+                        .trigger
+                        .handle(&services.backend, &services.blob_store, &bytes)
+                        .await
+                }
                 // Redelivering an oversized event would fail the same way forever: acknowledge it.
-                Err(error) => crate::eventgrid::rejected(
-                    error.body()["error"]["message"]
-                        .as_str()
-                        .unwrap_or("unreadable body"),
-                ),
+                Err(error) => crate::eventgrid::rejected(&error.headline().message),
             };
             json_response(reply.status, None, reply.body.to_string())
         });
@@ -90,7 +91,7 @@ where
 }
 
 fn to_response(reply: Reply) -> Response<String> {
-    json_response(reply.status, reply.retry_after, reply.body)
+    json_response(reply.status, reply.retry_after_header(), reply.body)
 }
 
 fn json_response(status: u16, retry_after: Option<String>, body: String) -> Response<String> {

@@ -12,20 +12,20 @@
 //! 'x'): ...").
 
 use crate::domain::{DatabaseName, TableName};
-use crate::properties::PropertyBag;
+use crate::properties::{Properties, PropertyBag};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 /// Ordered routing rules; the first match wins.
 #[derive(Debug, Clone, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<Route>,
 }
 
 /// Whether blob metadata may choose the database (Azure Data Explorer's `databaseRouting`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DatabaseRouting {
+pub(crate) enum DatabaseRouting {
     /// Only the rule's database; a blob whose `kustoDatabase` names another one is not ingested.
     #[default]
     Single,
@@ -35,25 +35,25 @@ pub enum DatabaseRouting {
 
 /// One validated rule.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     /// 1-based position in `INGEST_ROUTES`, for log lines.
-    pub number: usize,
-    pub container: String,
+    pub(crate) number: usize,
+    pub(crate) container: String,
     /// Lower-cased; matched case-insensitively, like Event Grid's subject filters.
     prefix: String,
     suffix: String,
-    pub database: DatabaseName,
-    pub table: TableName,
+    pub(crate) database: DatabaseName,
+    pub(crate) table: TableName,
     /// `format`, `ingestionMappingReference` and `properties`, merged.
-    pub properties: PropertyBag,
-    pub database_routing: DatabaseRouting,
+    pub(crate) properties: Properties,
+    pub(crate) database_routing: DatabaseRouting,
     /// Credential suffix appended to the blob URI in the ingestion message, so the cluster can read
     /// the blob: `;managed_identity=system` or `;managed_identity=<object id>`.
-    pub blob_uri_suffix: Option<String>,
+    pub(crate) blob_uri_suffix: Option<String>,
 }
 
 impl Route {
-    pub fn matches(&self, container: &str, path: &str) -> bool {
+    pub(crate) fn matches(&self, container: &str, path: &str) -> bool {
         if container != self.container {
             return false;
         }
@@ -62,7 +62,7 @@ impl Route {
     }
 
     /// How the rule is named in log lines.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!("rule {} (container '{}'", self.number, self.container);
         if !self.prefix.is_empty() {
             s.push_str(&format!(", prefix '{}'", self.prefix));
@@ -101,7 +101,7 @@ struct RawRoute {
 
 impl RouteTable {
     /// Parses and validates `INGEST_ROUTES`: a JSON array of rules.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
         let value: Value =
             serde_json::from_str(raw).map_err(|e| format!("is not valid JSON: {e}"))?;
         let Value::Array(items) = value else {
@@ -118,16 +118,18 @@ impl RouteTable {
         Ok(Self { routes })
     }
 
-    pub fn routes(&self) -> &[Route] {
+    #[cfg(test)]
+    pub(crate) fn routes(&self) -> &[Route] {
         &self.routes
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
 
     /// The first rule matching the blob `path` (relative to the container) in `container`.
-    pub fn find(&self, container: &str, path: &str) -> Option<&Route> {
+    pub(crate) fn find(&self, container: &str, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(container, path))
     }
 }
@@ -168,8 +170,8 @@ fn parse_rule(number: usize, item: Value) -> Result<Route, String> {
         }
         properties.set("ingestionMappingReference", Value::String(mapping));
     }
-    properties
-        .validate()
+    let properties = properties
+        .parse()
         .map_err(|e| fail(format!("property {e}")))?;
 
     let database_routing = match raw.database_routing.as_deref().map(str::to_ascii_lowercase) {

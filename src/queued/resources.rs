@@ -1,22 +1,24 @@
 //! `.get ingestion resources`: which queues to post messages to.
 
-use super::v1::{V1Response, V1Table};
-use crate::domain::{is_loopback_host, redact_url};
+use crate::dm::v1::{V1Response, V1Table};
+use crate::dm::{DmClient, DmError};
+use crate::domain::{DmEndpoint, redact_url};
+use crate::local::{is_loopback_host, scheme_allowed};
 use std::fmt;
 use time::OffsetDateTime;
 use url::Url;
 
 /// One `SecuredReadyForAggregationQueue`.
 #[derive(Clone)]
-pub struct QueueResource {
+pub(crate) struct QueueResource {
     /// Storage account name: the first DNS label (`acct.queue.core.windows.net`), or the first path
     /// segment for path-style loopback endpoints (Azurite), so the queues of one account share
     /// their health statistics.
-    pub account: String,
+    pub(crate) account: String,
     /// Queue URL with its SAS.
-    pub url: Url,
+    pub(crate) url: Url,
     /// The SAS's `se`, when it has one.
-    pub sas_expiry: Option<OffsetDateTime>,
+    pub(crate) sas_expiry: Option<OffsetDateTime>,
 }
 
 impl fmt::Debug for QueueResource {
@@ -30,10 +32,8 @@ impl QueueResource {
         let url = Url::parse(raw)
             .map_err(|e| format!("queue URI {} is not a URL: {e}", redact_url(raw)))?;
         let host = url.host_str().unwrap_or_default().to_owned();
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback_host(&host) => {}
-            _ => return Err(format!("queue URI {} must use https", redact_url(raw))),
+        if !scheme_allowed(&url) {
+            return Err(format!("queue URI {} must use https", redact_url(raw)));
         }
         let path_style = is_loopback_host(&host) || host.parse::<std::net::IpAddr>().is_ok();
         let account = if path_style {
@@ -63,7 +63,7 @@ impl QueueResource {
         })
     }
 
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         redact_url(self.url.as_str())
     }
 }
@@ -72,13 +72,24 @@ impl QueueResource {
 /// counted for diagnostics only: the service posts existing blobs and reports through the queues
 /// the DM itself writes to.
 #[derive(Debug, Clone)]
-pub struct IngestionResources {
-    pub queues: Vec<QueueResource>,
-    pub other_resources: usize,
+pub(crate) struct IngestionResources {
+    pub(crate) queues: Vec<QueueResource>,
+    pub(crate) other_resources: usize,
 }
 
+const GET_INGESTION_RESOURCES: &str = ".get ingestion resources";
+
 impl IngestionResources {
-    pub fn from_response(response: &V1Response) -> Result<Self, String> {
+    /// Runs the command on `dm` and reads the queues from its answer.
+    pub(crate) async fn fetch(client: &DmClient, dm: &DmEndpoint) -> Result<Self, DmError> {
+        let response = client.execute(dm, GET_INGESTION_RESOURCES).await?;
+        Self::from_response(&response).map_err(|reason| DmError::InvalidResponse {
+            endpoint: dm.to_string(),
+            reason,
+        })
+    }
+
+    pub(crate) fn from_response(response: &V1Response) -> Result<Self, String> {
         let table = response.primary()?;
         let type_col = table.column("ResourceTypeName")?;
         let root_col = table.column("StorageRoot")?;
@@ -108,7 +119,7 @@ impl IngestionResources {
     }
 
     /// The earliest SAS expiry among the queues: past it, these resources are useless.
-    pub fn sas_expiry(&self) -> Option<OffsetDateTime> {
+    pub(crate) fn sas_expiry(&self) -> Option<OffsetDateTime> {
         self.queues.iter().filter_map(|q| q.sas_expiry).min()
     }
 }

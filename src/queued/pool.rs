@@ -1,110 +1,24 @@
-//! Posting messages to the DM's ingestion queues: every queue is used, storage accounts are ranked
-//! by recent success (the SDKs' 6 × 10 s window and 90/70/30/0 tiers), queues are taken
-//! round-robin within a tier, and a failed post moves on to another queue.
+//! The queues of one resource snapshot and their clients: which queues to try for a message (the
+//! healthiest storage accounts first, round-robin within a tier, at most three distinct queues, as
+//! the SDKs do) and one Put Message.
 
-use crate::dm::QueueResource;
+use super::ranking::{AccountRanking, TIERS};
+use super::resources::QueueResource;
 use azure_core::error::ErrorKind;
-use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Transport, XmlFormat};
+use azure_core::http::{RequestContent, Transport, XmlFormat};
 use azure_storage_queue::models::QueueMessage;
 use azure_storage_queue::{QueueClient, QueueClientOptions};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A message is tried on at most this many distinct queues, as the SDKs do.
-pub const MAX_QUEUE_ATTEMPTS: usize = 3;
-const BUCKETS: usize = 6;
-const BUCKET_SPAN: Duration = Duration::from_secs(10);
-const TIERS: [f64; 4] = [0.9, 0.7, 0.3, 0.0];
+pub(crate) const MAX_QUEUE_ATTEMPTS: usize = 3;
 /// One Put Message should take milliseconds; a stuck connection must not hold a blob for minutes.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Success counts per storage account over the last minute. Lives as long as the DM's cache, so
-/// what was learnt survives a resource refresh.
-#[derive(Default)]
-pub struct AccountRanking {
-    accounts: Mutex<HashMap<String, Window>>,
-}
-
-#[derive(Default)]
-struct Window {
-    /// (bucket start, successes, total), newest last.
-    buckets: Vec<(Instant, u32, u32)>,
-}
-
-impl Window {
-    fn record(&mut self, now: Instant, success: bool) {
-        let fresh = matches!(self.buckets.last(), Some((start, _, _)) if now.duration_since(*start) < BUCKET_SPAN);
-        if !fresh {
-            self.buckets.push((now, 0, 0));
-            if self.buckets.len() > BUCKETS {
-                self.buckets.remove(0);
-            }
-        }
-        if let Some(last) = self.buckets.last_mut() {
-            last.1 += u32::from(success);
-            last.2 += 1;
-        }
-    }
-
-    /// Weighted success rate, newest bucket weighing most; 1.0 without recent data.
-    fn rank(&self, now: Instant) -> f64 {
-        let horizon = BUCKET_SPAN * BUCKETS as u32;
-        let (mut weighted, mut weights) = (0.0, 0.0);
-        for (age_index, (start, ok, total)) in self.buckets.iter().rev().enumerate() {
-            if now.duration_since(*start) >= horizon || *total == 0 {
-                continue;
-            }
-            let weight = (BUCKETS - age_index) as f64;
-            weighted += f64::from(*ok) / f64::from(*total) * weight;
-            weights += weight;
-        }
-        if weights == 0.0 {
-            1.0
-        } else {
-            weighted / weights
-        }
-    }
-}
-
-impl AccountRanking {
-    pub fn record(&self, account: &str, success: bool) {
-        let now = Instant::now();
-        if let Ok(mut accounts) = self.accounts.lock() {
-            // Look up before inserting: the account's name is only copied the first time.
-            match accounts.get_mut(account) {
-                Some(window) => window.record(now, success),
-                None => accounts
-                    .entry(account.to_owned())
-                    .or_default()
-                    .record(now, success),
-            }
-        }
-    }
-
-    /// The tier (0 = best) of each of `accounts`, read under one lock.
-    fn tiers(&self, accounts: &[String], now: Instant) -> Vec<usize> {
-        let known = self.accounts.lock().ok();
-        accounts
-            .iter()
-            .map(|account| {
-                let rank = known
-                    .as_ref()
-                    .and_then(|a| a.get(account).map(|w| w.rank(now)))
-                    .unwrap_or(1.0);
-                TIERS
-                    .iter()
-                    .position(|&threshold| rank >= threshold)
-                    .unwrap_or(TIERS.len() - 1)
-            })
-            .collect()
-    }
-}
-
 /// Why one post to one queue failed.
 #[derive(Debug, Clone)]
-pub enum PostError {
+pub(crate) enum PostError {
     /// 403 AuthenticationFailed: the SAS expired or was revoked; fresh resources may fix it.
     AuthenticationFailed(String),
     /// 413 / 400 on the message itself: another queue would refuse it too.
@@ -114,7 +28,7 @@ pub enum PostError {
 }
 
 impl PostError {
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             PostError::AuthenticationFailed(m)
             | PostError::Rejected(m)
@@ -131,7 +45,7 @@ struct Target {
 }
 
 /// The queues of one resource snapshot, with their clients.
-pub struct QueuePool {
+pub(crate) struct QueuePool {
     targets: Vec<Target>,
     /// Indices into `targets`, interleaved across accounts (a1q1, a2q1, a1q2, …) so consecutive
     /// picks, and so retries, land on different accounts.
@@ -143,16 +57,12 @@ pub struct QueuePool {
 }
 
 impl QueuePool {
-    pub fn new(resources: &[QueueResource], transport: &Transport) -> Result<Self, String> {
+    pub(crate) fn new(resources: &[QueueResource], transport: &Transport) -> Result<Self, String> {
         let mut targets = Vec::with_capacity(resources.len());
         for resource in resources {
+            // Retrying is ours to do, on a different queue.
             let options = QueueClientOptions {
-                client_options: ClientOptions {
-                    // Retrying is ours to do, on a different queue.
-                    retry: RetryOptions::none(),
-                    transport: Some(transport.clone()),
-                    ..ClientOptions::default()
-                },
+                client_options: crate::transport::sdk_options(transport),
                 ..QueueClientOptions::default()
             };
             let client =
@@ -202,16 +112,8 @@ impl QueuePool {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.targets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
     /// The queues to try for one message, best first: healthiest tier first, round-robin within it.
-    pub fn candidates(&self, ranking: &AccountRanking) -> Vec<usize> {
+    pub(crate) fn candidates(&self, ranking: &AccountRanking) -> Vec<usize> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.interleaved.len();
         let tiers = ranking.tiers(&self.accounts, Instant::now());
@@ -230,16 +132,16 @@ impl QueuePool {
         picked
     }
 
-    pub fn account(&self, index: usize) -> &str {
+    pub(crate) fn account(&self, index: usize) -> &str {
         &self.targets[index].resource.account
     }
 
-    pub fn describe(&self, index: usize) -> &str {
+    pub(crate) fn describe(&self, index: usize) -> &str {
         &self.targets[index].redacted
     }
 
     /// One Put Message.
-    pub async fn post(&self, index: usize, text: String) -> Result<(), PostError> {
+    pub(crate) async fn post(&self, index: usize, text: String) -> Result<(), PostError> {
         let target = &self.targets[index];
         let content: RequestContent<QueueMessage, XmlFormat> = QueueMessage {
             message_text: Some(text),
@@ -303,7 +205,7 @@ mod tests {
             rows.join(",")
         );
         let response: crate::dm::v1::V1Response = serde_json::from_str(&body).unwrap();
-        crate::dm::IngestionResources::from_response(&response)
+        super::super::resources::IngestionResources::from_response(&response)
             .unwrap()
             .queues
     }
@@ -342,17 +244,5 @@ mod tests {
             assert_eq!(pool.account(c[0]), "b");
             assert_eq!(c.len(), 2, "only two distinct queues exist");
         }
-    }
-
-    #[test]
-    fn window_rank_weighs_recent_buckets() {
-        let mut w = Window::default();
-        let t0 = Instant::now();
-        assert_eq!(w.rank(t0), 1.0);
-        w.record(t0, false);
-        w.record(t0 + BUCKET_SPAN, true);
-        let r = w.rank(t0 + BUCKET_SPAN);
-        assert!(r > 0.5 && r < 1.0, "newer success weighs more: {r}");
-        assert_eq!(w.rank(t0 + BUCKET_SPAN * 8), 1.0, "old data expires");
     }
 }

@@ -1,9 +1,11 @@
 //! The ingestion resources and identity token of one DM, fetched together, cached, refreshed ahead
 //! of expiry by one task at a time, and served stale while a refresh fails and the SAS is valid.
 
-use crate::config::DmEndpoint;
-use crate::dm::{AuthorizationContext, DmClient, DmError};
-use crate::queue_pool::{AccountRanking, QueuePool};
+use super::authorization::AuthorizationContext;
+use super::pool::QueuePool;
+use super::resources::IngestionResources;
+use crate::dm::{DmClient, DmError};
+use crate::domain::DmEndpoint;
 use azure_core::http::Transport;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -19,10 +21,10 @@ const SAS_SAFETY_MARGIN: Duration = Duration::from_secs(30);
 const FAILURE_HOLD: Duration = Duration::from_secs(5);
 
 /// One successful fetch of both commands.
-pub struct Snapshot {
-    pub generation: u64,
-    pub pool: QueuePool,
-    pub authorization_context: AuthorizationContext,
+pub(super) struct Snapshot {
+    pub(super) generation: u64,
+    pub(super) pool: QueuePool,
+    pub(super) authorization_context: AuthorizationContext,
     refresh_at: Instant,
     /// When the queue SAS stops working, as a monotonic instant.
     usable_until: Instant,
@@ -39,12 +41,11 @@ struct Failure {
     error: DmError,
 }
 
-pub struct ResourceCache {
+pub(super) struct ResourceCache {
     dm: DmEndpoint,
     client: Arc<DmClient>,
     /// The process's HTTP client, for the queue clients of every snapshot.
     transport: Transport,
-    pub ranking: AccountRanking,
     current: RwLock<Option<Arc<Snapshot>>>,
     last_failure: RwLock<Option<Failure>>,
     /// The generation a queue reported as unauthorized (403): it is refreshed on next use.
@@ -56,12 +57,11 @@ pub struct ResourceCache {
 }
 
 impl ResourceCache {
-    pub fn new(dm: DmEndpoint, client: Arc<DmClient>, transport: Transport) -> Self {
+    pub(super) fn new(dm: DmEndpoint, client: Arc<DmClient>, transport: Transport) -> Self {
         Self {
             dm,
             client,
             transport,
-            ranking: AccountRanking::default(),
             current: RwLock::new(None),
             last_failure: RwLock::new(None),
             invalidated: AtomicU64::new(0),
@@ -88,7 +88,7 @@ impl ResourceCache {
 
     /// Marks `generation` as rejected by storage (403), so the next `get` fetches fresh resources.
     /// A report about an older generation than the current one changes nothing: it was replaced.
-    pub fn invalidate(&self, generation: u64) {
+    pub(super) fn invalidate(&self, generation: u64) {
         if self.current().is_some_and(|c| c.generation == generation) {
             self.invalidated.fetch_max(generation, Ordering::AcqRel);
         }
@@ -97,7 +97,7 @@ impl ResourceCache {
     /// Resources newer than `rejected`, whose SAS storage refused: fetched now unless another
     /// task already replaced them, so that many blobs failing together cause one refetch. Falls
     /// back to the rejected copy when the refetch fails (the caller then fails its blob).
-    pub async fn replace(&self, rejected: u64) -> Result<Arc<Snapshot>, DmError> {
+    pub(super) async fn replace(&self, rejected: u64) -> Result<Arc<Snapshot>, DmError> {
         let newer =
             |c: &Option<Arc<Snapshot>>| c.as_ref().filter(|c| c.generation > rejected).cloned();
         if let Some(snapshot) = newer(&self.current()) {
@@ -117,7 +117,7 @@ impl ResourceCache {
 
     /// Resources to post with. Fresh ones when possible; the stale copy while a refresh fails and
     /// its SAS still works; an error only when there is nothing usable.
-    pub async fn get(&self) -> Result<Arc<Snapshot>, DmError> {
+    pub(super) async fn get(&self) -> Result<Arc<Snapshot>, DmError> {
         let now = Instant::now();
         let current = self.current();
         if let Some(snapshot) = &current {
@@ -163,8 +163,8 @@ impl ResourceCache {
     ) -> Result<Arc<Snapshot>, DmError> {
         let started = Instant::now();
         let (resources, token) = tokio::join!(
-            self.client.ingestion_resources(&self.dm),
-            self.client.identity_token(&self.dm)
+            IngestionResources::fetch(&self.client, &self.dm),
+            AuthorizationContext::fetch(&self.client, &self.dm)
         );
         let built = resources.and_then(|resources| {
             let token = token?;

@@ -1,7 +1,8 @@
 //! The ingestion message the DM reads from its `SecuredReadyForAggregationQueue`: the Python SDK's
 //! keys and order (reference §4.1–4.4), serialized with serde, then base64 of the UTF-8 JSON.
 
-use crate::dm::AuthorizationContext;
+use super::authorization::AuthorizationContext;
+use crate::dm::{APPLICATION_FOR_TRACING, CLIENT_VERSION_FOR_TRACING};
 use crate::domain::{BlobUri, DatabaseName, SourceId, TableName};
 use crate::properties::IngestionSpec;
 use base64::Engine;
@@ -10,26 +11,19 @@ use serde::ser::SerializeMap;
 use serde_json::Value;
 
 /// Azure Queue Storage accepts message text up to 64 KiB.
-pub const MAX_ENCODED_MESSAGE: usize = 64 * 1024;
-
-pub const APPLICATION_FOR_TRACING: &str = "kusto-ingest-api";
-pub const CLIENT_VERSION_FOR_TRACING: &str = concat!(
-    "Kusto.IngestApi:{",
-    env!("CARGO_PKG_VERSION"),
-    "}|Runtime.{rust}"
-);
+pub(crate) const MAX_ENCODED_MESSAGE: usize = 64 * 1024;
 
 /// Everything needed to describe one blob to the DM.
-pub struct IngestionMessage<'a> {
-    pub source_id: SourceId,
-    pub blob: &'a BlobUri,
-    pub raw_data_size: Option<u64>,
-    pub database: &'a DatabaseName,
-    pub table: &'a TableName,
-    pub spec: &'a IngestionSpec,
-    pub authorization_context: &'a AuthorizationContext,
+pub(crate) struct IngestionMessage<'a> {
+    pub(crate) source_id: SourceId,
+    pub(crate) blob: &'a BlobUri,
+    pub(crate) raw_data_size: Option<u64>,
+    pub(crate) database: &'a DatabaseName,
+    pub(crate) table: &'a TableName,
+    pub(crate) spec: &'a IngestionSpec,
+    pub(crate) authorization_context: &'a AuthorizationContext,
     /// RFC 3339, shared by every message of one request.
-    pub created_at: &'a str,
+    pub(crate) created_at: &'a str,
 }
 
 #[derive(Serialize)]
@@ -69,16 +63,18 @@ impl Serialize for Additional<'_> {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EncodeError {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EncodeError {
     #[error(
         "the encoded ingestion message is {size} bytes, over the queue's {MAX_ENCODED_MESSAGE}-byte limit; shorten the blob's properties (an inline ingestionMapping is the usual cause) or use a mapping reference"
     )]
     TooLarge { size: usize },
+    #[error("the ingestion message could not be serialized: {0}")]
+    Serialize(#[from] serde_json::Error),
 }
 
 impl IngestionMessage<'_> {
-    pub fn to_json(&self) -> Vec<u8> {
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         let wire = Wire {
             blob_path: self.blob.expose_with_credentials(),
             raw_data_size: self.raw_data_size.filter(|&n| n > 0),
@@ -98,13 +94,12 @@ impl IngestionMessage<'_> {
                 properties: &self.spec.additional,
             },
         };
-        // Serializing plain strings, numbers and serde_json::Values into a Vec cannot fail.
-        serde_json::to_vec(&wire).unwrap_or_default()
+        serde_json::to_vec(&wire)
     }
 
     /// The queue message text: base64 of the UTF-8 JSON, checked against the queue's size limit.
-    pub fn encode(&self) -> Result<String, EncodeError> {
-        let json = self.to_json();
+    pub(crate) fn encode(&self) -> Result<String, EncodeError> {
+        let json = self.to_json()?;
         let size = base64::encoded_len(json.len(), true).unwrap_or(usize::MAX);
         if size > MAX_ENCODED_MESSAGE {
             return Err(EncodeError::TooLarge { size });
@@ -114,7 +109,7 @@ impl IngestionMessage<'_> {
 }
 
 /// RFC 3339 UTC timestamp for `SourceMessageCreationTime`.
-pub fn creation_time_now() -> String {
+pub(crate) fn creation_time_now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -130,7 +125,7 @@ mod tests {
         let Value::Object(map) = props else {
             unreachable!("object")
         };
-        IngestionSpec::from_bag(PropertyBag::from_map(map)).unwrap()
+        PropertyBag::from_map(map).parse().unwrap().spec()
     }
 
     fn decode(text: &str) -> Value {
@@ -150,7 +145,7 @@ mod tests {
         let db = DatabaseName::parse("MyDb").unwrap();
         let table = TableName::parse("MyTable").unwrap();
         let spec = spec(json!({"ingestionMappingReference": "MyMapping", "format": "multijson"}));
-        let auth = AuthorizationContext::new("<authorization-context-token>".to_owned());
+        let auth = AuthorizationContext::new("<authorization-context-token>");
         let msg = IngestionMessage {
             source_id: SourceId::parse("11111111-2222-4333-8444-555555555555").unwrap(),
             blob: &blob,
@@ -161,7 +156,7 @@ mod tests {
             authorization_context: &auth,
             created_at: "2024-05-01T12:48:09.964774Z",
         };
-        let json = String::from_utf8(msg.to_json()).unwrap();
+        let json = String::from_utf8(msg.to_json().unwrap()).unwrap();
         assert_eq!(
             json,
             concat!(
@@ -188,7 +183,7 @@ mod tests {
             TableName::parse("t").unwrap(),
         );
         let spec = spec(json!({}));
-        let auth = AuthorizationContext::new("tok".to_owned());
+        let auth = AuthorizationContext::new("tok");
         for size in [None, Some(0)] {
             let msg = IngestionMessage {
                 source_id: SourceId::new_random(),
@@ -212,7 +207,7 @@ mod tests {
             TableName::parse("t").unwrap(),
         );
         let spec = spec(json!({"ingestionMapping": "x".repeat(50_000)}));
-        let auth = AuthorizationContext::new("tok".to_owned());
+        let auth = AuthorizationContext::new("tok");
         let msg = IngestionMessage {
             source_id: SourceId::new_random(),
             blob: &blob,

@@ -1,0 +1,81 @@
+//! `POST /api/ingest`: the body parsed into blob jobs for one allowlisted DM, handed to the
+//! backend, and answered with one result per blob.
+
+mod parse;
+mod results;
+
+use super::errors::{ApiError, ErrorDetail, Reply, nothing_queued};
+use crate::domain::AllowedDms;
+use crate::ingest::{Backend, BlobOutcome};
+use crate::properties::Properties;
+
+/// What the route needs besides the backend.
+pub(crate) struct IngestApi {
+    dms: AllowedDms,
+    max_blobs: usize,
+    /// `INGEST_DEFAULT_PROPERTIES`, under every request's own.
+    defaults: Properties,
+}
+
+impl IngestApi {
+    pub(crate) fn new(dms: AllowedDms, max_blobs: usize, defaults: Properties) -> Self {
+        Self {
+            dms,
+            max_blobs,
+            defaults,
+        }
+    }
+
+    /// Handles one request body end to end. The body is dropped once parsed.
+    pub(crate) async fn handle<B: Backend>(&self, backend: &B, body: bytes::Bytes) -> Reply {
+        let parsed = parse::parse(&body, self.max_blobs, &self.defaults);
+        drop(body);
+        let request = match parsed {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::info!(
+                    status = error.status(),
+                    error = error.headline().code,
+                    "rejected ingest request"
+                );
+                return error.into();
+            }
+        };
+        let dm = match self.dms.resolve(request.data_management_uri.as_deref()) {
+            Ok(dm) => dm,
+            Err(not_allowed) => {
+                tracing::warn!(requested = %not_allowed.0, "rejected a dataManagementUri outside the allowlist");
+                return ApiError::DmNotAllowed(not_allowed.0).into();
+            }
+        };
+        let jobs = request.jobs;
+        let outcomes = match backend.ingest(&dm, &jobs).await {
+            Ok(outcomes) => outcomes,
+            Err(failure) => {
+                let (status, retry_after) = nothing_queued([&failure], true);
+                let headline = ErrorDetail::failure(&failure);
+                let outcomes = vec![BlobOutcome::Failed(failure); jobs.len()];
+                return results::reply(status, retry_after, &jobs, &outcomes, Some(&headline));
+            }
+        };
+        let queued = results::queued(&outcomes);
+        let (status, retry_after, headline) = if queued == jobs.len() {
+            (202, None, None)
+        } else if queued > 0 {
+            (207, None, None)
+        } else {
+            let failures = outcomes.iter().filter_map(|o| match o {
+                BlobOutcome::Failed(f) => Some(f),
+                BlobOutcome::Queued => None,
+            });
+            let headline = failures.clone().next().map(|f| ErrorDetail {
+                message: format!("No blob was queued: {}", f.message),
+                ..ErrorDetail::failure(f)
+            });
+            let (status, retry_after) = nothing_queued(failures, false);
+            (status, retry_after, headline)
+        };
+        tracing::info!(dm = %dm, blobs = jobs.len(), queued, status, "ingest request done");
+        results::reply(status, retry_after, &jobs, &outcomes, headline.as_ref())
+    }
+}

@@ -1,0 +1,45 @@
+//! The seam every way of ingesting plugs into. A trigger (the HTTP API, Event Grid) parses its
+//! input into [`BlobJob`]s and hands a batch for one DM to a [`Backend`]; the backend answers one
+//! [`BlobOutcome`] per job, in order, or one [`BlobFailure`] for the whole batch when nothing could
+//! be tried. How a backend gets messages to the cluster (v1 queues, another API) is its own
+//! business, retries and failover included.
+
+mod failure;
+
+pub(crate) use failure::{BlobFailure, FailureCode};
+
+use crate::domain::{BlobUri, DatabaseName, DmEndpoint, SourceId, TableName};
+use crate::properties::IngestionSpec;
+use std::future::Future;
+use std::sync::Arc;
+
+/// One blob to ingest, fully validated.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobJob {
+    pub(crate) blob: BlobUri,
+    pub(crate) source_id: SourceId,
+    /// Uncompressed size in bytes, when known.
+    pub(crate) raw_data_size: Option<u64>,
+    pub(crate) database: DatabaseName,
+    pub(crate) table: TableName,
+    /// Shared by every blob of a request that adds no properties of its own.
+    pub(crate) spec: Arc<IngestionSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BlobOutcome {
+    /// The cluster has the blob's ingestion request.
+    Queued,
+    Failed(BlobFailure),
+}
+
+/// A way of getting blobs ingested by a cluster.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Ingests `jobs` through the allowlisted `dm`: one outcome per job, in the order of `jobs`,
+    /// or one failure for all of them when none could be tried (no resources, no identity).
+    fn ingest(
+        &self,
+        dm: &DmEndpoint,
+        jobs: &[BlobJob],
+    ) -> impl Future<Output = Result<Vec<BlobOutcome>, BlobFailure>> + Send;
+}

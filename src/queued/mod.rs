@@ -1,0 +1,92 @@
+//! The queued-ingestion backend (v1): per allowlisted DM, the ingestion resources and identity
+//! token (cached, see [`cache`]), a pool of its queues ranked by health, and one base64 JSON
+//! message per blob posted to one of them ([`sender`] holds the whole failover policy).
+
+mod authorization;
+mod cache;
+mod message;
+mod pool;
+mod ranking;
+mod resources;
+mod sender;
+
+use crate::dm::{DmClient, DmError};
+use crate::domain::{AllowedDms, DmEndpoint};
+use crate::ingest::{Backend, BlobFailure, BlobJob, BlobOutcome, FailureCode};
+use azure_core::http::Transport;
+use cache::ResourceCache;
+use futures::StreamExt;
+use sender::DmQueues;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub(crate) struct QueuedBackend {
+    /// One per allowlisted DM, created up front: the allowlist bounds the map, and the token can
+    /// never be requested for a DM outside it.
+    dms: HashMap<DmEndpoint, DmQueues>,
+    /// Bounds queue posts in flight across all requests.
+    posts: Semaphore,
+    /// Blobs of one request in progress at once, so a request's memory does not grow with its
+    /// blob count.
+    per_request: usize,
+}
+
+impl QueuedBackend {
+    pub(crate) fn new(
+        allowed: &AllowedDms,
+        client: Arc<DmClient>,
+        transport: Transport,
+        max_concurrency: usize,
+    ) -> Self {
+        let dms = allowed
+            .iter()
+            .map(|dm| {
+                let cache = ResourceCache::new(dm.clone(), client.clone(), transport.clone());
+                (dm.clone(), DmQueues::new(cache))
+            })
+            .collect();
+        Self {
+            dms,
+            posts: Semaphore::new(max_concurrency),
+            per_request: max_concurrency,
+        }
+    }
+}
+
+impl Backend for QueuedBackend {
+    async fn ingest(
+        &self,
+        dm: &DmEndpoint,
+        jobs: &[BlobJob],
+    ) -> Result<Vec<BlobOutcome>, BlobFailure> {
+        let Some(queues) = self.dms.get(dm) else {
+            return Err(BlobFailure::new(
+                FailureCode::DataManagementRejected,
+                format!("{dm} is not an allowed Data Management endpoint"),
+            ));
+        };
+        let snapshot = queues.snapshot().await.map_err(|e| dm_failure(&e))?;
+        let created_at = message::creation_time_now();
+        // Blobs are taken in order, `per_request` at a time. Indexing instead of `jobs.iter()`
+        // keeps the closure free of a higher-ranked lifetime, which rustc cannot yet prove `Send`
+        // through (rust-lang/rust#102211).
+        let posts = (0..jobs.len())
+            .map(|i| queues.send(snapshot.clone(), &jobs[i], &created_at, &self.posts));
+        Ok(futures::stream::iter(posts)
+            .buffered(self.per_request)
+            .collect()
+            .await)
+    }
+}
+
+/// What a failed DM call means for the blobs that needed it.
+fn dm_failure(error: &DmError) -> BlobFailure {
+    let code = match error {
+        DmError::Identity(_) => FailureCode::IdentityUnavailable,
+        e if e.is_transient() => FailureCode::DataManagementUnavailable,
+        DmError::Unauthorized { .. } => FailureCode::DataManagementUnauthorized,
+        _ => FailureCode::DataManagementRejected,
+    };
+    BlobFailure::new(code, error.to_string()).retry_after(error.retry_after())
+}
