@@ -276,6 +276,17 @@ impl IngestionSpec {
     }
 }
 
+impl IngestionSpec {
+    /// The data format (`AdditionalProperties.format`), always present in a spec.
+    pub(crate) fn format(&self) -> &str {
+        self.additional
+            .iter()
+            .find(|(k, _)| property_group(k) == "format")
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_FORMAT)
+    }
+}
+
 fn parse_format(key: &str, value: &Value) -> Result<(), PropertyError> {
     match value {
         Value::String(s) if DATA_FORMATS.contains(&s.to_ascii_lowercase().as_str()) => Ok(()),

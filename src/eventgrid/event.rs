@@ -396,6 +396,15 @@ mod tests {
                 expected: "a string"
             }
         );
+    }
+
+    #[test]
+    fn malformed_data_and_oversized_fields_are_errors() {
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut v = event_grid();
+            f(&mut v);
+            parse_event(&v).unwrap_err()
+        };
         assert!(matches!(
             with(&|v| v["data"]["contentLength"] = json!(-1)),
             EventError::WrongType {

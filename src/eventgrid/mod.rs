@@ -16,15 +16,17 @@ mod event;
 mod format;
 mod metadata;
 mod prepare;
+mod report;
 
 pub(crate) use blob_store::BlobStore;
 
 use crate::domain::{DmEndpoint, SourceId};
-use crate::ingest::{Backend, BlobJob, BlobOutcome};
+use crate::ingest::{Backend, BlobJob};
 use crate::properties::Properties;
 use crate::routing::RouteTable;
 use blob_store::BlobMetadata;
 use prepare::{Label, Planned, Verdict};
+use report::Report;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -91,7 +93,7 @@ impl Trigger {
                 return report.finish();
             }
         };
-        report.events = values.len();
+        report.events(values.len());
 
         let mut planned = Vec::new();
         for value in &values {
@@ -105,7 +107,7 @@ impl Trigger {
         if planned.is_empty() {
             return report.finish();
         }
-        if report.retry > 0 {
+        if report.has_retries() {
             // Event Grid redelivers the whole batch: queueing these now would ingest them twice.
             for Planned { label, .. } in planned {
                 report.retry(format!(
@@ -145,107 +147,6 @@ pub(crate) fn rejected(reason: &str) -> InvocationReply {
         "rejected the invocation: {reason}; nothing was queued"
     ));
     report.finish()
-}
-
-#[derive(Default)]
-struct Report {
-    lines: Vec<String>,
-    events: usize,
-    queued: usize,
-    skipped: usize,
-    rejected: usize,
-    failed: usize,
-    retry: usize,
-}
-
-impl Report {
-    fn queued(&mut self, label: &Label, job: &BlobJob) {
-        self.queued += 1;
-        let format = job
-            .spec
-            .additional
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("format"))
-            .and_then(|(_, v)| v.as_str())
-            .unwrap_or("csv");
-        tracing::info!(event_id = %label.event_id, source_id = %job.source_id, blob = job.blob.without_credentials(),
-            database = %job.database, table = %job.table, format, route = %label.route, "event queued for ingestion");
-        self.lines.push(format!(
-            "event {}: queued {} into {}.{} (format {}, {}, source id {})",
-            label.event_id,
-            job.blob.without_credentials(),
-            job.database,
-            job.table,
-            format,
-            label.route,
-            job.source_id
-        ));
-    }
-
-    fn skipped(&mut self, line: String) {
-        self.skipped += 1;
-        tracing::info!("{line}");
-        self.lines.push(line);
-    }
-
-    fn rejected(&mut self, line: String) {
-        self.rejected += 1;
-        tracing::warn!("{line}");
-        self.lines.push(line);
-    }
-
-    fn failed(&mut self, line: String) {
-        self.failed += 1;
-        tracing::warn!("{line}");
-        self.lines.push(line);
-    }
-
-    fn retry(&mut self, line: String) {
-        self.retry += 1;
-        tracing::warn!("{line}");
-        self.lines.push(line);
-    }
-
-    fn outcomes(&mut self, labels: &[Label], jobs: &[BlobJob], outcomes: &[BlobOutcome]) {
-        for (i, (label, job)) in labels.iter().zip(jobs).enumerate() {
-            let blob = job.blob.without_credentials();
-            match outcomes.get(i) {
-                Some(BlobOutcome::Queued) => self.queued(label, job),
-                Some(BlobOutcome::Failed(f)) if f.is_transient() => self.retry(format!(
-                    "event {}: {blob} not queued ({}: {}); Event Grid will redeliver it",
-                    label.event_id, f.code, f.message
-                )),
-                Some(BlobOutcome::Failed(f)) => self.failed(format!(
-                    "event {}: {blob} cannot be queued ({}: {}); not retried",
-                    label.event_id, f.code, f.message
-                )),
-                None => self.retry(format!(
-                    "event {}: no outcome was reported; Event Grid will redeliver it",
-                    label.event_id
-                )),
-            }
-        }
-    }
-
-    fn finish(self) -> InvocationReply {
-        let status = if self.retry > 0 { 500 } else { 200 };
-        let mut lines = Vec::with_capacity(self.lines.len() + 1);
-        lines.push(format!(
-            "BlobCreated: {} event(s): {} queued, {} skipped, {} rejected, {} failed, {} to retry{}",
-            self.events,
-            self.queued,
-            self.skipped,
-            self.rejected,
-            self.failed,
-            self.retry,
-            if status == 500 { " (answering 500 so that Event Grid redelivers)" } else { "" }
-        ));
-        lines.extend(self.lines);
-        InvocationReply {
-            status,
-            body: envelope::reply_body(lines),
-        }
-    }
 }
 
 #[cfg(test)]

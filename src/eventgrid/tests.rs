@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::domain::BlobUri;
-use crate::ingest::{BlobFailure, FailureCode};
+use crate::ingest::{BlobFailure, BlobOutcome, FailureCode};
 use crate::settings::Settings;
 use blob_store::{BlobProperties, MetadataError};
 use serde_json::json;
@@ -296,23 +296,13 @@ async fn empty_array_is_acknowledged() {
     assert_eq!(fake.ingest_calls(), 0);
 }
 
-#[tokio::test]
-async fn every_skip_reason_is_acknowledged_and_logged() {
-    let routes = json!([
-        {"container": "landing", "database": "db", "table": "Events"},
-        {"container": "test-container", "database": "db", "table": "Files"},
-        {"container": "lake", "database": "db", "table": "Lake"}
-    ]);
-    let with_metadata = [
-        ("INGEST_ROUTES", routes.to_string()),
-        ("INGEST_READ_BLOB_METADATA", "true".to_owned()),
-    ];
-    let pairs: Vec<(&str, &str)> = with_metadata
-        .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .collect();
-    let url = |p: &str| format!("https://examplestorage.blob.core.windows.net/landing/{p}");
+fn skip_metadata_url(path: &str) -> String {
+    format!("https://examplestorage.blob.core.windows.net/landing/{path}")
+}
 
+/// Every reason an event is skipped, with the words its log line must hold.
+fn skip_cases() -> Vec<(Value, &'static str)> {
+    let url = skip_metadata_url;
     let mut api = blob_event("s1", "landing", "a.csv", 5);
     api["data"]["api"] = json!("PutBlock");
     let mut folder_url = blob_event("s2", "landing", "dir", 5);
@@ -320,7 +310,7 @@ async fn every_skip_reason_is_acknowledged_and_logged() {
     let mut untrusted = blob_event("s3", "landing", "u.csv", 5);
     untrusted["data"]["url"] = json!("https://files.example.com/landing/u.csv");
 
-    let cases: Vec<(Value, &str)> = vec![
+    vec![
         (
             fixture_event(DELETED),
             "type 'Microsoft.Storage.BlobDeleted' is not Microsoft.Storage.BlobCreated",
@@ -368,32 +358,56 @@ async fn every_skip_reason_is_acknowledged_and_logged() {
             untrusted,
             "blob metadata is read only from Azure Storage endpoints",
         ),
-    ];
-    for (event, expected) in cases {
-        let mut fake = Fake::with(&pairs)
-            .metadata(&url("gone.csv"), Err(MetadataError::NotFound))
-            .metadata(&url("dirmarker"), Ok(props(&[("hdi_isfolder", "true")])))
-            .metadata(
-                &url("badmeta.csv"),
-                Ok(props(&[("kustoIgnoreFirstRecord", "maybe")])),
-            )
-            .metadata(
-                &url("otherdb.csv"),
-                Ok(props(&[("kustoDatabase", "other")])),
-            )
-            .metadata(
-                &url("badtable.csv"),
-                Ok(props(&[("kustoTable", "a\u{7}b")])),
-            );
-        // The untrusted host goes through the real host check.
-        fake.metadata.insert(
-            "https://files.example.com/landing/u.csv".into(),
-            blob_store::auth_for(
-                &BlobUri::parse("https://files.example.com/landing/u.csv").unwrap(),
-                &crate::local::LocalBlobAccess::default(),
-            )
-            .map(|_| BlobProperties::default()),
+    ]
+}
+
+/// A fake with the metadata the skip cases read.
+fn fake_for_skip_cases(pairs: &[(&str, &str)]) -> Fake {
+    let url = skip_metadata_url;
+    let mut fake = Fake::with(pairs)
+        .metadata(&url("gone.csv"), Err(MetadataError::NotFound))
+        .metadata(&url("dirmarker"), Ok(props(&[("hdi_isfolder", "true")])))
+        .metadata(
+            &url("badmeta.csv"),
+            Ok(props(&[("kustoIgnoreFirstRecord", "maybe")])),
+        )
+        .metadata(
+            &url("otherdb.csv"),
+            Ok(props(&[("kustoDatabase", "other")])),
+        )
+        .metadata(
+            &url("badtable.csv"),
+            Ok(props(&[("kustoTable", "a\u{7}b")])),
         );
+    // The untrusted host goes through the real host check.
+    fake.metadata.insert(
+        "https://files.example.com/landing/u.csv".into(),
+        blob_store::auth_for(
+            &BlobUri::parse("https://files.example.com/landing/u.csv").unwrap(),
+            &crate::local::LocalBlobAccess::default(),
+        )
+        .map(|_| BlobProperties::default()),
+    );
+    fake
+}
+
+#[tokio::test]
+async fn every_skip_reason_is_acknowledged_and_logged() {
+    let routes = json!([
+        {"container": "landing", "database": "db", "table": "Events"},
+        {"container": "test-container", "database": "db", "table": "Files"},
+        {"container": "lake", "database": "db", "table": "Lake"}
+    ]);
+    let with_metadata = [
+        ("INGEST_ROUTES", routes.to_string()),
+        ("INGEST_READ_BLOB_METADATA", "true".to_owned()),
+    ];
+    let pairs: Vec<(&str, &str)> = with_metadata
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    for (event, expected) in skip_cases() {
+        let fake = fake_for_skip_cases(&pairs);
         let reply = handle(&fake, &host_envelope(&event)).await;
         let text = log_text(&reply);
         assert_eq!(reply.status, 200, "{text}");
@@ -427,8 +441,8 @@ async fn job_for(fake: &Fake, event: &Value) -> BlobJob {
     jobs.into_iter().next().unwrap()
 }
 
-#[tokio::test]
-async fn format_comes_from_metadata_then_rule_then_blob_name_then_defaults() {
+/// Settings with a typed rule, a multi-database rule, metadata reading and defaults.
+fn precedence_fake() -> Fake {
     let routes = json!([
         {"container": "landing", "prefix": "typed/", "database": "db", "table": "Typed", "format": "psv",
          "ingestionMappingReference": "ruleMap", "properties": {"ignoreFirstRecord": false, "tags": ["rule"]}},
@@ -441,22 +455,25 @@ async fn format_comes_from_metadata_then_rule_then_blob_name_then_defaults() {
         ("INGEST_DEFAULT_PROPERTIES", defaults.to_string()),
     ];
     let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let url = |p: &str| format!("https://examplestorage.blob.core.windows.net/landing/{p}");
+    Fake::with(&pairs)
+}
 
+#[tokio::test]
+async fn format_comes_from_metadata_then_rule_then_blob_name_then_defaults() {
     // Blob name beats the settings default; other defaults stay.
-    let fake = Fake::with(&pairs);
+    let fake = precedence_fake();
     let job = job_for(&fake, &blob_event("f1", "landing", "a.parquet", 5)).await;
     assert_eq!(additional(&job, "format"), Some(json!("parquet")));
     assert_eq!(additional(&job, "tags"), Some(json!("[\"default\"]")));
     assert!(job.spec.flush_immediately);
 
     // No extension: the settings default.
-    let fake = Fake::with(&pairs);
+    let fake = precedence_fake();
     let job = job_for(&fake, &blob_event("f2", "landing", "noext", 5)).await;
     assert_eq!(additional(&job, "format"), Some(json!("tsv")));
 
     // The rule beats the blob name and the defaults.
-    let fake = Fake::with(&pairs);
+    let fake = precedence_fake();
     let job = job_for(&fake, &blob_event("f3", "landing", "typed/a.csv", 5)).await;
     assert_eq!(additional(&job, "format"), Some(json!("psv")));
     assert_eq!(
@@ -466,9 +483,13 @@ async fn format_comes_from_metadata_then_rule_then_blob_name_then_defaults() {
     assert_eq!(additional(&job, "ignoreFirstRecord"), Some(json!(false)));
     assert_eq!(additional(&job, "tags"), Some(json!("[\"rule\"]")));
     assert_eq!(job.table.as_str(), "Typed");
+}
 
+#[tokio::test]
+async fn metadata_beats_the_rule() {
+    let url = |p: &str| format!("https://examplestorage.blob.core.windows.net/landing/{p}");
     // Metadata beats the rule.
-    let fake = Fake::with(&pairs).metadata(
+    let fake = precedence_fake().metadata(
         &url("typed/b.csv"),
         Ok(props(&[
             ("kustoDataFormat", "JSON"),
@@ -503,7 +524,7 @@ async fn format_comes_from_metadata_then_rule_then_blob_name_then_defaults() {
     assert_eq!(job.database.as_str(), "db");
 
     // kustoDatabase is honoured where the rule allows it.
-    let fake = Fake::with(&pairs).metadata(&url("c.csv"), Ok(props(&[("kustoDatabase", "other")])));
+    let fake = precedence_fake().metadata(&url("c.csv"), Ok(props(&[("kustoDatabase", "other")])));
     let job = job_for(&fake, &blob_event("f5", "landing", "c.csv", 5)).await;
     assert_eq!(job.database.as_str(), "other");
     assert_eq!(
