@@ -61,8 +61,11 @@ impl Application {
 fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError> {
     let http = crate::transport::http_client().map_err(StartupError::HttpClient)?;
     let transport = crate::transport::azure_transport(&http);
-    let identity =
-        Identity::managed(settings.client_id, transport.clone()).map_err(StartupError::Identity)?;
+    let identity = Identity::managed(
+        settings.client_id,
+        crate::transport::capped_azure_transport(&http),
+    )
+    .map_err(StartupError::Identity)?;
     let dm_client = Arc::new(DmClient::new(
         http,
         identity.clone(),
@@ -90,5 +93,7 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
         ),
         blob_store: BlobStore::new(identity.credential(), transport, settings.local_blob_access),
         max_body_bytes: settings.max_body_bytes,
+        request_deadline: settings.request_deadline,
+        event_deadline: settings.event_deadline,
     })
 }

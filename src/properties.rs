@@ -293,7 +293,8 @@ fn parse_format(key: &str, value: &Value) -> Result<(), PropertyError> {
         Value::String(s) => Err(invalid(
             key,
             format!(
-                "'{s}' is not a Kusto data format (expected one of {})",
+                "'{}' is not a Kusto data format (expected one of {})",
+                crate::domain::clip(s),
                 DATA_FORMATS.join(", ")
             ),
         )),

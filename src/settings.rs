@@ -5,6 +5,7 @@ use crate::domain::{AllowedDms, DmEndpoint};
 use crate::local::LocalBlobAccess;
 use crate::properties::{Properties, PropertyBag};
 use crate::routing::RouteTable;
+use std::time::Duration;
 use url::Url;
 
 const PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
@@ -18,6 +19,8 @@ const MAX_CONCURRENCY: &str = "INGEST_MAX_CONCURRENCY";
 const DEFAULT_PROPERTIES: &str = "INGEST_DEFAULT_PROPERTIES";
 const ROUTES: &str = "INGEST_ROUTES";
 const READ_BLOB_METADATA: &str = "INGEST_READ_BLOB_METADATA";
+const REQUEST_DEADLINE: &str = "INGEST_REQUEST_DEADLINE_SECONDS";
+const EVENT_DEADLINE: &str = "INGEST_EVENT_DEADLINE_SECONDS";
 /// An account or container SAS (`sv=…&sig=…`) for reading blob metadata from a loopback storage
 /// endpoint (Azurite); see [`crate::local`].
 const LOCAL_BLOB_SAS: &str = "INGEST_LOCAL_BLOB_SAS";
@@ -42,6 +45,10 @@ pub(crate) const DEFAULT_MAX_BLOBS: usize = 5_000;
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_CONCURRENCY: usize = 64;
 const DEFAULT_PORT: u16 = 3000;
+/// Well under the 230 s the Functions host gives an HTTP call (its front end's limit).
+const DEFAULT_REQUEST_DEADLINE: usize = 60;
+/// Under the 30 s Event Grid waits for a delivery before it redelivers.
+const DEFAULT_EVENT_DEADLINE: usize = 25;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -64,6 +71,10 @@ pub struct Settings {
     pub(crate) read_blob_metadata: bool,
     /// How blob metadata is read on loopback storage in local runs.
     pub(crate) local_blob_access: LocalBlobAccess,
+    /// How long `POST /api/ingest` may take, waits on the DM and the queues included.
+    pub(crate) request_deadline: Duration,
+    /// How long a `BlobCreated` invocation may take.
+    pub(crate) event_deadline: Duration,
 }
 
 impl Settings {
@@ -103,6 +114,12 @@ impl Settings {
             },
             read_blob_metadata: flag(get(READ_BLOB_METADATA), READ_BLOB_METADATA)?,
             local_blob_access: LocalBlobAccess::new(get(LOCAL_BLOB_SAS).as_deref()),
+            request_deadline: seconds(
+                get(REQUEST_DEADLINE),
+                REQUEST_DEADLINE,
+                DEFAULT_REQUEST_DEADLINE,
+            )?,
+            event_deadline: seconds(get(EVENT_DEADLINE), EVENT_DEADLINE, DEFAULT_EVENT_DEADLINE)?,
         })
     }
 }
@@ -157,6 +174,14 @@ fn flag(raw: Option<String>, name: &'static str) -> Result<bool, ConfigError> {
         Some("true" | "1") => Ok(true),
         Some(v) => Err(bad(name, format!("'{v}' is not true or false"))),
     }
+}
+
+fn seconds(
+    raw: Option<String>,
+    name: &'static str,
+    default: usize,
+) -> Result<Duration, ConfigError> {
+    positive(raw, name, default).map(|n| Duration::from_secs(n as u64))
 }
 
 fn positive(raw: Option<String>, name: &'static str, default: usize) -> Result<usize, ConfigError> {

@@ -11,6 +11,7 @@ use super::v1::{KustoErrorBody, V1Response};
 use super::{APPLICATION_FOR_TRACING, CLIENT_VERSION_FOR_TRACING, DmError};
 use crate::domain::DmEndpoint;
 use crate::identity::Identity;
+use crate::transport::{CappedReadError, MAX_ANSWER_BYTES, read_capped};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -25,6 +26,11 @@ pub(crate) struct RetryPolicy {
     pub(crate) attempts: u32,
     pub(crate) base_delay: Duration,
     pub(crate) max_delay: Duration,
+    /// One attempt (token and answer included) gives up after this long.
+    pub(crate) attempt_timeout: Duration,
+    /// All attempts and the waits between them fit in this, so a slow DM or identity endpoint
+    /// costs a caller this much at most, not attempts × timeouts.
+    pub(crate) budget: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -34,6 +40,9 @@ impl Default for RetryPolicy {
             attempts: 4,
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(10),
+            // Under the 25 s a BlobCreated invocation has.
+            budget: Duration::from_secs(20),
         }
     }
 }
@@ -77,12 +86,26 @@ impl DmClient {
         dm: &DmEndpoint,
         command: &str,
     ) -> Result<V1Response, DmError> {
+        let deadline = tokio::time::Instant::now() + self.retry.budget;
         let mut attempt = 0;
         loop {
-            match self.execute_once(dm, command).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let timeout = self.retry.attempt_timeout.min(left);
+            let result = tokio::time::timeout(timeout, self.execute_once(dm, command))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DmError::Unreachable {
+                        endpoint: dm.to_string(),
+                        reason: format!("no answer within {:.1} s", timeout.as_secs_f64()),
+                    })
+                });
+            match result {
                 Ok(response) => return Ok(response),
                 Err(error) if error.is_transient() && attempt + 1 < self.retry.attempts => {
                     let delay = self.retry.delay(attempt, &error);
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        return Err(error);
+                    }
                     tracing::warn!(dm = %dm, command, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, %error, "DM call failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -125,10 +148,21 @@ impl DmClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.bytes().await.map_err(|e| DmError::Unreachable {
-            endpoint: endpoint.clone(),
-            reason: format!("reading the response failed: {}", e.without_url()),
-        })?;
+        let body = match read_capped(response, MAX_ANSWER_BYTES).await {
+            Ok(body) => body,
+            Err(error @ CappedReadError::TooLarge { .. }) => {
+                return Err(DmError::InvalidResponse {
+                    endpoint,
+                    reason: error.to_string(),
+                });
+            }
+            Err(error) => {
+                return Err(DmError::Unreachable {
+                    endpoint,
+                    reason: error.to_string(),
+                });
+            }
+        };
         tracing::debug!(dm = %dm, command, status, request_id, elapsed_ms = started.elapsed().as_millis() as u64, "DM call");
         match status {
             200 => {

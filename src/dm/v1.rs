@@ -1,6 +1,7 @@
 //! The v1 JSON "Tables" response format of `/v1/rest/mgmt` (reference §2.3–2.4) and the Kusto
 //! ("OneApi") error body (§2.5).
 
+use crate::domain::{clip, scrub_secrets};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -68,8 +69,13 @@ pub(crate) struct KustoError {
 }
 
 impl KustoErrorBody {
-    /// A one-line summary of a DM error body; the raw text (truncated) when it is not JSON.
+    /// A one-line summary of a DM error body, made safe to echo: secrets scrubbed, clipped,
+    /// control characters escaped.
     pub(crate) fn summarize(body: &[u8]) -> String {
+        clip(&scrub_secrets(&Self::summary(body)))
+    }
+
+    fn summary(body: &[u8]) -> String {
         match serde_json::from_slice::<KustoErrorBody>(body) {
             Ok(KustoErrorBody { error }) if error.code.is_some() || error.message.is_some() => {
                 let mut parts: Vec<String> = Vec::new();

@@ -94,7 +94,7 @@ impl AllowedDms {
         let Some(raw) = requested.map(str::trim).filter(|s| !s.is_empty()) else {
             return Ok(self.default.clone());
         };
-        let not_allowed = || DmNotAllowed(super::redact_url(raw));
+        let not_allowed = || DmNotAllowed(super::clip(&super::redact_url(raw)));
         let dm = DmEndpoint::parse(raw).map_err(|_| not_allowed())?;
         if self.all.contains(&dm) {
             Ok(dm)

@@ -12,7 +12,7 @@ pub(crate) use blob_uri::BlobUri;
 pub(crate) use dm_endpoint::{AllowedDms, DmEndpoint};
 pub(crate) use names::{DatabaseName, TableName};
 pub(crate) use source_id::SourceId;
-pub(crate) use text::{clip, json_kind, redact_url, scrub_secrets};
+pub(crate) use text::{clip, describe_error, json_kind, redact_url, scrub_secrets};
 
 /// Why a domain value was rejected; the caller adds which field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -21,14 +21,18 @@ mod report;
 pub(crate) use blob_store::BlobStore;
 
 use crate::domain::{DmEndpoint, SourceId};
-use crate::ingest::{Backend, BlobJob};
+use crate::ingest::{Backend, BlobJob, Deadline};
 use crate::properties::Properties;
 use crate::routing::RouteTable;
 use blob_store::BlobMetadata;
+use futures::StreamExt;
 use prepare::{Label, Planned, Verdict};
 use report::Report;
 use serde_json::Value;
 use uuid::Uuid;
+
+/// Events of one invocation prepared (metadata read) at once.
+const CONCURRENT_PREPARES: usize = 16;
 
 /// Namespace of the UUID v5 source ids derived from event ids. Fixed forever: changing it would
 /// give a redelivered event a different source id than its first delivery.
@@ -76,12 +80,14 @@ impl Trigger {
         }
     }
 
-    /// Handles one invocation of the `BlobCreated` function. Never panics on any input.
+    /// Handles one invocation of the `BlobCreated` function, by `deadline`. Never panics on any
+    /// input.
     pub(crate) async fn handle<B: Backend, M: BlobMetadata>(
         &self,
         backend: &B,
         metadata: &M,
         body: &[u8],
+        deadline: Deadline,
     ) -> InvocationReply {
         let mut report = Report::default();
         let values = match envelope::decode_events(body) {
@@ -95,9 +101,17 @@ impl Trigger {
         };
         report.events(values.len());
 
+        // Events are independent: their metadata reads run concurrently, results kept in order.
+        // Indexing keeps the closure free of a higher-ranked lifetime (rust-lang/rust#102211).
+        let prepares =
+            (0..values.len()).map(|i| prepare::prepare(self, metadata, &values[i], deadline));
+        let prepared: Vec<_> = futures::stream::iter(prepares)
+            .buffered(CONCURRENT_PREPARES)
+            .collect()
+            .await;
         let mut planned = Vec::new();
-        for value in &values {
-            match prepare::prepare(self, metadata, value).await {
+        for result in prepared {
+            match result {
                 Ok(p) => planned.push(p),
                 Err(Verdict::Skip(line)) => report.skipped(line),
                 Err(Verdict::Reject(line)) => report.rejected(line),
@@ -119,7 +133,7 @@ impl Trigger {
         }
         let (labels, jobs): (Vec<Label>, Vec<BlobJob>) =
             planned.into_iter().map(|p| (p.label, p.job)).unzip();
-        match backend.ingest(&self.dm, &jobs).await {
+        match backend.ingest(&self.dm, &jobs, deadline).await {
             Err(failure) => {
                 let kind = if failure.is_transient() {
                     "transient"

@@ -7,7 +7,7 @@ use super::event::{self, BlobCreated, Event, EventKind, Schema};
 use super::metadata::{self, Overrides};
 use super::{INGESTED_APIS, Trigger, format, source_id_for};
 use crate::domain::{BlobUri, DatabaseName, TableName, clip, redact_url};
-use crate::ingest::BlobJob;
+use crate::ingest::{BlobJob, Deadline};
 use crate::properties::Properties;
 use crate::routing::{DatabaseRouting, Route};
 use serde_json::Value;
@@ -48,6 +48,7 @@ pub(super) async fn prepare<M: BlobMetadata>(
     trigger: &Trigger,
     metadata: &M,
     value: &Value,
+    deadline: Deadline,
 ) -> Result<Planned, Verdict> {
     let (event_id, schema, blob) = blob_created(value)?;
     // The full id names the source id; log lines get a clipped copy.
@@ -77,7 +78,7 @@ pub(super) async fn prepare<M: BlobMetadata>(
         at,
     };
     let overrides = if trigger.read_metadata {
-        read_overrides(&cx, metadata, &blob_uri).await?
+        read_overrides(&cx, metadata, &blob_uri, deadline).await?
     } else {
         Overrides::default()
     };
@@ -181,11 +182,19 @@ async fn read_overrides<M: BlobMetadata>(
     cx: &Context<'_>,
     metadata: &M,
     blob: &BlobUri,
+    deadline: Deadline,
 ) -> Result<Overrides, Verdict> {
-    let properties = match metadata.blob_properties(blob).await {
-        Ok(p) => p,
-        Err(error) if error.is_permanent() => return Err(cx.skip(error)),
-        Err(error) => {
+    let read = tokio::time::timeout_at(deadline.instant(), metadata.blob_properties(blob)).await;
+    let properties = match read {
+        Err(_) => {
+            return Err(Verdict::Retry(format!(
+                "event {}: {}: Get Blob Properties did not answer before the invocation's deadline; Event Grid will redeliver it",
+                cx.id, cx.at
+            )));
+        }
+        Ok(Ok(p)) => p,
+        Ok(Err(error)) if error.is_permanent() => return Err(cx.skip(error)),
+        Ok(Err(error)) => {
             return Err(Verdict::Retry(format!(
                 "event {}: {}: {error}; Event Grid will redeliver it",
                 cx.id, cx.at

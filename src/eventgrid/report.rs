@@ -89,6 +89,10 @@ impl Report {
             let blob = job.blob.without_credentials();
             match outcomes.get(i) {
                 Some(BlobOutcome::Queued) => self.queued(label, job),
+                Some(BlobOutcome::Unknown(f)) => self.retry(format!(
+                    "event {}: {blob} may have been queued ({}: {}); Event Grid will redeliver it (at least once)",
+                    label.event_id, f.code, f.message
+                )),
                 Some(BlobOutcome::Failed(f)) if f.is_transient() => self.retry(format!(
                     "event {}: {blob} not queued ({}: {}); Event Grid will redeliver it",
                     label.event_id, f.code, f.message

@@ -89,7 +89,8 @@ impl Fake {
 
 /// The trigger over the fake, as the HTTP route calls it over the real services.
 async fn handle(fake: &Fake, body: &[u8]) -> InvocationReply {
-    fake.trigger.handle(fake, fake, body).await
+    let deadline = Deadline::after(std::time::Duration::from_secs(25));
+    fake.trigger.handle(fake, fake, body, deadline).await
 }
 
 impl Backend for Fake {
@@ -97,6 +98,7 @@ impl Backend for Fake {
         &self,
         _dm: &DmEndpoint,
         jobs: &[BlobJob],
+        _deadline: Deadline,
     ) -> Result<Vec<BlobOutcome>, BlobFailure> {
         *self.ingest_calls.lock().unwrap() += 1;
         self.jobs.lock().unwrap().extend(jobs.iter().cloned());

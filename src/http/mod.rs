@@ -9,6 +9,7 @@ pub(crate) use ingest_api::IngestApi;
 pub(crate) use routes::routes;
 
 use crate::eventgrid::{BlobStore, Trigger};
+use std::time::Duration;
 
 /// What the routes call: the ingestion backend and the services of each trigger.
 pub(crate) struct Services<B> {
@@ -19,4 +20,8 @@ pub(crate) struct Services<B> {
     pub(crate) blob_store: BlobStore,
     /// Largest request body read, for every route.
     pub(crate) max_body_bytes: usize,
+    /// How long `POST /api/ingest` may take, body included.
+    pub(crate) request_deadline: Duration,
+    /// How long a `BlobCreated` invocation may take.
+    pub(crate) event_deadline: Duration,
 }

@@ -3,7 +3,7 @@
 
 use super::Services;
 use super::errors::{ApiError, Reply};
-use crate::ingest::Backend;
+use crate::ingest::{Backend, Deadline};
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
@@ -28,8 +28,14 @@ pub(crate) fn routes<B: Backend>(
         .and(with_services.clone())
         .and(warp::body::stream())
         .then(move |services: Arc<Services<B>>, body| async move {
+            let deadline = Deadline::after(services.request_deadline);
             let reply = match read_limited(body, max_body).await {
-                Ok(bytes) => services.ingest_api.handle(&services.backend, bytes).await,
+                Ok(bytes) => {
+                    services
+                        .ingest_api
+                        .handle(&services.backend, bytes, deadline)
+                        .await
+                }
                 Err(error) => error.into(),
             };
             to_response(reply)
@@ -40,11 +46,12 @@ pub(crate) fn routes<B: Backend>(
         .and(with_services)
         .and(warp::body::stream())
         .then(move |services: Arc<Services<B>>, body| async move {
+            let deadline = Deadline::after(services.event_deadline);
             let reply = match read_limited(body, max_body).await {
                 Ok(bytes) => {
                     services
                         .trigger
-                        .handle(&services.backend, &services.blob_store, &bytes)
+                        .handle(&services.backend, &services.blob_store, &bytes, deadline)
                         .await
                 }
                 // Redelivering an oversized event would fail the same way forever: acknowledge it.

@@ -26,8 +26,13 @@ pub(crate) enum FailureCode {
     MessageRejected,
     /// The queues refused their SAS even with fresh resources.
     QueueAuthorizationFailed,
-    /// No queue accepted the message (timeouts, 5xx, refused connections).
+    /// No queue accepted the message (5xx, throttling, refused connections).
     QueueUnavailable,
+    /// A queue may have taken the message but its answer was lost (a reset or a timeout after
+    /// the message was sent): the blob may be ingested. Never reported as a failure.
+    QueueOutcomeUnknown,
+    /// The request's (or invocation's) deadline passed before the blob was tried.
+    DeadlineExceeded,
 }
 
 impl FailureCode {
@@ -41,6 +46,8 @@ impl FailureCode {
             FailureCode::MessageRejected => "MessageRejected",
             FailureCode::QueueAuthorizationFailed => "QueueAuthorizationFailed",
             FailureCode::QueueUnavailable => "QueueUnavailable",
+            FailureCode::QueueOutcomeUnknown => "QueueOutcomeUnknown",
+            FailureCode::DeadlineExceeded => "DeadlineExceeded",
         }
     }
 
@@ -50,7 +57,9 @@ impl FailureCode {
             FailureCode::IdentityUnavailable
             | FailureCode::DataManagementUnavailable
             | FailureCode::QueueAuthorizationFailed
-            | FailureCode::QueueUnavailable => true,
+            | FailureCode::QueueUnavailable
+            | FailureCode::QueueOutcomeUnknown
+            | FailureCode::DeadlineExceeded => true,
             FailureCode::DataManagementUnauthorized
             | FailureCode::DataManagementRejected
             | FailureCode::MessageTooLarge

@@ -4,8 +4,10 @@
 //! be tried. How a backend gets messages to the cluster (v1 queues, another API) is its own
 //! business, retries and failover included.
 
+mod deadline;
 mod failure;
 
+pub(crate) use deadline::Deadline;
 pub(crate) use failure::{BlobFailure, FailureCode};
 
 use crate::domain::{BlobUri, DatabaseName, DmEndpoint, SourceId, TableName};
@@ -30,6 +32,9 @@ pub(crate) struct BlobJob {
 pub(crate) enum BlobOutcome {
     /// The cluster has the blob's ingestion request.
     Queued,
+    /// The cluster may have it: a queue may have taken the message but its answer was lost. The
+    /// failure (code `QueueOutcomeUnknown`) says what happened.
+    Unknown(BlobFailure),
     Failed(BlobFailure),
 }
 
@@ -37,9 +42,12 @@ pub(crate) enum BlobOutcome {
 pub(crate) trait Backend: Send + Sync + 'static {
     /// Ingests `jobs` through the allowlisted `dm`: one outcome per job, in the order of `jobs`,
     /// or one failure for all of them when none could be tried (no resources, no identity).
+    /// Returns by `deadline`: every wait (the DM, a permit, a queue) draws from it, and a blob not
+    /// tried by then is `DeadlineExceeded`.
     fn ingest(
         &self,
         dm: &DmEndpoint,
         jobs: &[BlobJob],
+        deadline: Deadline,
     ) -> impl Future<Output = Result<Vec<BlobOutcome>, BlobFailure>> + Send;
 }

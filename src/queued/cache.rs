@@ -8,7 +8,7 @@ use crate::dm::{DmClient, DmError};
 use crate::domain::DmEndpoint;
 use azure_core::http::Transport;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -19,6 +19,11 @@ const SAS_SAFETY_MARGIN: Duration = Duration::from_secs(30);
 /// After a failed refresh, how long callers are answered from that failure (or the stale copy)
 /// before the DM is asked again, so an outage is not multiplied by every waiting request.
 const FAILURE_HOLD: Duration = Duration::from_secs(5);
+/// After storage refuses a SAS (403), fresh resources are fetched at most once per hold; the hold
+/// doubles while refusals keep coming (a rotated key, a SAS expired at the source), up to the
+/// maximum, so a storage-side incident does not become DM throttling.
+const SAS_REFETCH_HOLD: Duration = Duration::from_secs(5);
+const SAS_REFETCH_MAX_HOLD: Duration = Duration::from_secs(5 * 60);
 
 /// One successful fetch of both commands.
 pub(super) struct Snapshot {
@@ -41,6 +46,50 @@ struct Failure {
     error: DmError,
 }
 
+/// Why [`ResourceCache::replace`] has no newer resources.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum RefetchError {
+    #[error("fresh resources could not be fetched: {0}")]
+    Dm(DmError),
+    #[error(
+        "fresh resources were fetched moments ago and were refused too; the DM is asked again in {} s at the earliest",
+        .0.as_secs().max(1)
+    )]
+    Held(Duration),
+}
+
+/// When SAS-triggered refetches may happen (see [`SAS_REFETCH_HOLD`]).
+#[derive(Default)]
+struct SasRefetchLimit {
+    /// The last SAS-triggered refetch, and the hold that started with it.
+    last: Mutex<Option<(Instant, Duration)>>,
+}
+
+impl SasRefetchLimit {
+    /// How long until the next SAS-triggered refetch is allowed; `None`: now.
+    fn wait(&self, now: Instant) -> Option<Duration> {
+        let last = *self.last.lock().ok()?;
+        let (at, hold) = last?;
+        (at + hold)
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// A SAS-triggered refetch starts now: the next hold doubles when this one follows the last
+    /// closely (the refusals go on), and starts over otherwise.
+    fn record(&self, now: Instant) {
+        if let Ok(mut last) = self.last.lock() {
+            let hold = match *last {
+                Some((at, hold)) if now.duration_since(at) < hold * 3 => {
+                    (hold * 2).min(SAS_REFETCH_MAX_HOLD)
+                }
+                _ => SAS_REFETCH_HOLD,
+            };
+            *last = Some((now, hold));
+        }
+    }
+}
+
 pub(super) struct ResourceCache {
     dm: DmEndpoint,
     client: Arc<DmClient>,
@@ -48,8 +97,10 @@ pub(super) struct ResourceCache {
     transport: Transport,
     current: RwLock<Option<Arc<Snapshot>>>,
     last_failure: RwLock<Option<Failure>>,
-    /// The generation a queue reported as unauthorized (403): it is refreshed on next use.
+    /// The generation a queue reported as unauthorized (403): it is refreshed on next use, unless
+    /// the SAS refetch limit holds.
     invalidated: AtomicU64,
+    sas_refetches: SasRefetchLimit,
     generations: AtomicU64,
     /// Single flight: whoever holds it fetches; the others wait for its result or serve the
     /// current snapshot.
@@ -65,6 +116,7 @@ impl ResourceCache {
             current: RwLock::new(None),
             last_failure: RwLock::new(None),
             invalidated: AtomicU64::new(0),
+            sas_refetches: SasRefetchLimit::default(),
             generations: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -75,9 +127,13 @@ impl ResourceCache {
     }
 
     fn needs_refresh(&self, snapshot: &Snapshot, now: Instant) -> bool {
-        now >= snapshot.refresh_at
-            || !snapshot.usable(now)
-            || self.invalidated.load(Ordering::Acquire) == snapshot.generation
+        now >= snapshot.refresh_at || !snapshot.usable(now) || self.refused(snapshot, now)
+    }
+
+    /// Storage refused `snapshot`'s SAS and a refetch for that is allowed now.
+    fn refused(&self, snapshot: &Snapshot, now: Instant) -> bool {
+        self.invalidated.load(Ordering::Acquire) == snapshot.generation
+            && self.sas_refetches.wait(now).is_none()
     }
 
     fn recent_failure(&self, now: Instant) -> Option<DmError> {
@@ -95,9 +151,10 @@ impl ResourceCache {
     }
 
     /// Resources newer than `rejected`, whose SAS storage refused: fetched now unless another
-    /// task already replaced them, so that many blobs failing together cause one refetch. Falls
-    /// back to the rejected copy when the refetch fails (the caller then fails its blob).
-    pub(super) async fn replace(&self, rejected: u64) -> Result<Arc<Snapshot>, DmError> {
+    /// task already replaced them, so that many blobs failing together cause one refetch, and
+    /// unless the SAS refetch limit holds. Falls back to the rejected copy when the refetch fails
+    /// (the caller then fails its blob).
+    pub(super) async fn replace(&self, rejected: u64) -> Result<Arc<Snapshot>, RefetchError> {
         let newer =
             |c: &Option<Arc<Snapshot>>| c.as_ref().filter(|c| c.generation > rejected).cloned();
         if let Some(snapshot) = newer(&self.current()) {
@@ -109,10 +166,13 @@ impl ResourceCache {
         if let Some(snapshot) = newer(&current) {
             return Ok(snapshot);
         }
-        if let Some(error) = self.recent_failure(Instant::now()) {
-            return current.ok_or(error);
+        if let Some(wait) = self.sas_refetches.wait(Instant::now()) {
+            return Err(RefetchError::Held(wait));
         }
-        self.refresh_locked(current).await
+        if let Some(error) = self.recent_failure(Instant::now()) {
+            return current.ok_or(RefetchError::Dm(error));
+        }
+        self.refresh_locked(current).await.map_err(RefetchError::Dm)
     }
 
     /// Resources to post with. Fresh ones when possible; the stale copy while a refresh fails and
@@ -162,6 +222,11 @@ impl ResourceCache {
         previous: Option<Arc<Snapshot>>,
     ) -> Result<Arc<Snapshot>, DmError> {
         let started = Instant::now();
+        if let Some(previous) = &previous
+            && self.invalidated.load(Ordering::Acquire) == previous.generation
+        {
+            self.sas_refetches.record(started);
+        }
         let (resources, token) = tokio::join!(
             IngestionResources::fetch(&self.client, &self.dm),
             AuthorizationContext::fetch(&self.client, &self.dm)

@@ -12,21 +12,18 @@ mod sender;
 
 use crate::dm::{DmClient, DmError};
 use crate::domain::{AllowedDms, DmEndpoint};
-use crate::ingest::{Backend, BlobFailure, BlobJob, BlobOutcome, FailureCode};
+use crate::ingest::{Backend, BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode};
 use azure_core::http::Transport;
 use cache::ResourceCache;
 use futures::StreamExt;
 use sender::DmQueues;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 pub(crate) struct QueuedBackend {
     /// One per allowlisted DM, created up front: the allowlist bounds the map, and the token can
-    /// never be requested for a DM outside it.
+    /// never be requested for a DM outside it. Each bounds its own posts in flight.
     dms: HashMap<DmEndpoint, DmQueues>,
-    /// Bounds queue posts in flight across all requests.
-    posts: Semaphore,
     /// Blobs of one request in progress at once, so a request's memory does not grow with its
     /// blob count.
     per_request: usize,
@@ -43,12 +40,11 @@ impl QueuedBackend {
             .iter()
             .map(|dm| {
                 let cache = ResourceCache::new(dm.clone(), client.clone(), transport.clone());
-                (dm.clone(), DmQueues::new(cache))
+                (dm.clone(), DmQueues::new(cache, max_concurrency))
             })
             .collect();
         Self {
             dms,
-            posts: Semaphore::new(max_concurrency),
             per_request: max_concurrency,
         }
     }
@@ -59,6 +55,7 @@ impl Backend for QueuedBackend {
         &self,
         dm: &DmEndpoint,
         jobs: &[BlobJob],
+        deadline: Deadline,
     ) -> Result<Vec<BlobOutcome>, BlobFailure> {
         let Some(queues) = self.dms.get(dm) else {
             return Err(BlobFailure::new(
@@ -66,13 +63,24 @@ impl Backend for QueuedBackend {
                 format!("{dm} is not an allowed Data Management endpoint"),
             ));
         };
-        let snapshot = queues.snapshot().await.map_err(|e| dm_failure(&e))?;
+        // A wait on another request's refresh counts against this request's deadline too.
+        let snapshot = tokio::time::timeout_at(deadline.instant(), queues.snapshot())
+            .await
+            .map_err(|_| {
+                BlobFailure::new(
+                    FailureCode::DeadlineExceeded,
+                    format!(
+                        "the DM at {dm} did not provide ingestion resources before the request's deadline"
+                    ),
+                )
+            })?
+            .map_err(|e| dm_failure(&e))?;
         let created_at = message::creation_time_now();
         // Blobs are taken in order, `per_request` at a time. Indexing instead of `jobs.iter()`
         // keeps the closure free of a higher-ranked lifetime, which rustc cannot yet prove `Send`
         // through (rust-lang/rust#102211).
-        let posts = (0..jobs.len())
-            .map(|i| queues.send(snapshot.clone(), &jobs[i], &created_at, &self.posts));
+        let posts =
+            (0..jobs.len()).map(|i| queues.send(snapshot.clone(), &jobs[i], &created_at, deadline));
         Ok(futures::stream::iter(posts)
             .buffered(self.per_request)
             .collect()

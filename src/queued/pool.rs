@@ -4,6 +4,8 @@
 
 use super::ranking::{AccountRanking, TIERS};
 use super::resources::QueueResource;
+use crate::domain::describe_error;
+use crate::ingest::Deadline;
 use azure_core::error::ErrorKind;
 use azure_core::http::{RequestContent, Transport, XmlFormat};
 use azure_storage_queue::models::QueueMessage;
@@ -23,8 +25,10 @@ pub(crate) enum PostError {
     AuthenticationFailed(String),
     /// 413 / 400 on the message itself: another queue would refuse it too.
     Rejected(String),
-    /// Anything else: throttling, 5xx, timeouts, refused connections. Another queue may work.
+    /// Not stored: throttling, 5xx, a connection that could not be made. Another queue may work.
     Unavailable(String),
+    /// Sent, but no answer came (a timeout, a reset after the request): it may be stored.
+    Unknown(String),
 }
 
 impl PostError {
@@ -32,7 +36,8 @@ impl PostError {
         match self {
             PostError::AuthenticationFailed(m)
             | PostError::Rejected(m)
-            | PostError::Unavailable(m) => m,
+            | PostError::Unavailable(m)
+            | PostError::Unknown(m) => m,
         }
     }
 }
@@ -140,8 +145,13 @@ impl QueuePool {
         &self.targets[index].redacted
     }
 
-    /// One Put Message.
-    pub(crate) async fn post(&self, index: usize, text: String) -> Result<(), PostError> {
+    /// One Put Message, answered by `deadline` at the latest.
+    pub(crate) async fn post(
+        &self,
+        index: usize,
+        text: String,
+        deadline: Deadline,
+    ) -> Result<(), PostError> {
         let target = &self.targets[index];
         let content: RequestContent<QueueMessage, XmlFormat> = QueueMessage {
             message_text: Some(text),
@@ -150,12 +160,13 @@ impl QueuePool {
         .map_err(|e: azure_core::Error| {
             PostError::Rejected(format!("cannot serialize the queue message: {e}"))
         })?;
-        let sent =
-            tokio::time::timeout(POST_TIMEOUT, target.client.send_message(content, None)).await;
+        let timeout = deadline.cap(POST_TIMEOUT);
+        let sent = tokio::time::timeout(timeout, target.client.send_message(content, None)).await;
         match sent {
-            Err(_) => Err(PostError::Unavailable(format!(
-                "no answer within {} s",
-                POST_TIMEOUT.as_secs()
+            // The message may be on the wire or already stored.
+            Err(_) => Err(PostError::Unknown(format!(
+                "no answer within {:.1} s",
+                timeout.as_secs_f64()
             ))),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(classify(&error)),
@@ -183,7 +194,11 @@ fn classify(error: &azure_core::Error) -> PostError {
                 _ => PostError::Unavailable(message),
             }
         }
-        _ => PostError::Unavailable(crate::domain::scrub_secrets(&error.to_string())),
+        // The connection was never made: nothing was sent.
+        ErrorKind::Connection => PostError::Unavailable(describe_error(error)),
+        // Anything after the connection was made (a reset, a closed connection) may have come
+        // after the queue stored the message.
+        _ => PostError::Unknown(describe_error(error)),
     }
 }
 

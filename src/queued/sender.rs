@@ -7,20 +7,35 @@
 //!   no queue took the message, resources newer than the refused ones are fetched once (shared by
 //!   every blob that failed on the same snapshot) and the message is tried once more with them.
 //! - A message any queue would refuse (too large) fails at once.
+//! - Every wait draws from the request's deadline; a blob not tried by then is `DeadlineExceeded`.
+//! - A post whose answer was lost may have stored the message. The blob is still tried elsewhere
+//!   (a duplicate is tolerable, a loss is not), and if no queue confirms it, its outcome is
+//!   `Unknown`, never `Failed`.
 
-use super::cache::{ResourceCache, Snapshot};
+use super::cache::{RefetchError, ResourceCache, Snapshot};
 use super::message::{EncodeError, IngestionMessage};
 use super::pool::PostError;
 use super::ranking::AccountRanking;
 use crate::dm::DmError;
-use crate::ingest::{BlobFailure, BlobJob, BlobOutcome, FailureCode};
+use crate::ingest::{BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-/// The queues of one DM: its cached resources and how its storage accounts have been doing.
+/// The queues of one DM: its cached resources, how its storage accounts have been doing, and its
+/// own bound on posts in flight, so that hung queues of one DM cannot hold up another DM.
 pub(super) struct DmQueues {
     cache: ResourceCache,
     ranking: AccountRanking,
+    posts: Semaphore,
+}
+
+/// One blob on its way: what every attempt needs, and what they learnt.
+struct Delivery<'a> {
+    job: &'a BlobJob,
+    created_at: &'a str,
+    deadline: Deadline,
+    /// Why a post's outcome is unknown, if one's is: the message may be stored.
+    unknown: Option<String>,
 }
 
 /// What one round of posting (one snapshot) came to.
@@ -31,10 +46,11 @@ enum Attempt {
 }
 
 impl DmQueues {
-    pub(super) fn new(cache: ResourceCache) -> Self {
+    pub(super) fn new(cache: ResourceCache, max_posts: usize) -> Self {
         Self {
             cache,
             ranking: AccountRanking::default(),
+            posts: Semaphore::new(max_posts),
         }
     }
 
@@ -43,31 +59,66 @@ impl DmQueues {
         self.cache.get().await
     }
 
-    /// Queues one blob. `posts` bounds the posts in flight across all requests.
+    /// Queues one blob.
     pub(super) async fn send(
         &self,
         snapshot: Arc<Snapshot>,
         job: &BlobJob,
         created_at: &str,
-        posts: &Semaphore,
+        deadline: Deadline,
     ) -> BlobOutcome {
-        let refused = match self.attempt(&snapshot, job, created_at, posts).await {
+        let mut delivery = Delivery {
+            job,
+            created_at,
+            deadline,
+            unknown: None,
+        };
+        let outcome = self.deliver(snapshot, &mut delivery).await;
+        match (outcome, delivery.unknown) {
+            (BlobOutcome::Failed(failure), Some(reason)) if failure.is_transient() => {
+                tracing::warn!(blob = %job.blob, source_id = %job.source_id, %reason, "queue outcome unknown");
+                BlobOutcome::Unknown(BlobFailure::new(
+                    FailureCode::QueueOutcomeUnknown,
+                    format!(
+                        "the message may have been queued: a queue may have stored it, but its answer was lost ({reason}), and no other queue took it ({}). Ingestion is at least once: sending the blob again may ingest it twice, unless the request sets \"idempotent\": true with the same sourceId",
+                        failure.message
+                    ),
+                ))
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    async fn deliver(&self, snapshot: Arc<Snapshot>, delivery: &mut Delivery<'_>) -> BlobOutcome {
+        let refused = match self.attempt(&snapshot, delivery).await {
             Attempt::Done(outcome) => return outcome,
             Attempt::SasRefused(reason) => reason,
         };
+        let job = delivery.job;
         tracing::warn!(blob = %job.blob, generation = snapshot.generation, reason = %refused, "queue refused the SAS; refetching ingestion resources");
-        let fresh = match self.cache.replace(snapshot.generation).await {
-            Ok(fresh) => fresh,
-            Err(error) => {
-                return failed(
-                    FailureCode::QueueAuthorizationFailed,
-                    format!(
-                        "the queues refused their SAS and fresh resources could not be fetched: {error}"
-                    ),
+        let fresh = match tokio::time::timeout_at(
+            delivery.deadline.instant(),
+            self.cache.replace(snapshot.generation),
+        )
+        .await
+        {
+            Ok(Ok(fresh)) => fresh,
+            Ok(Err(error)) => {
+                let wait = match &error {
+                    RefetchError::Held(wait) => Some(*wait),
+                    RefetchError::Dm(_) => None,
+                };
+                return BlobOutcome::Failed(
+                    BlobFailure::new(
+                        FailureCode::QueueAuthorizationFailed,
+                        format!("the ingestion queues refused their SAS ({refused}); {error}"),
+                    )
+                    .retry_after(wait),
                 );
             }
+            Err(_) => return deadline_passed(),
         };
-        match self.attempt(&fresh, job, created_at, posts).await {
+        match self.attempt(&fresh, delivery).await {
             Attempt::Done(outcome) => outcome,
             Attempt::SasRefused(reason) => failed(
                 FailureCode::QueueAuthorizationFailed,
@@ -77,13 +128,8 @@ impl DmQueues {
     }
 
     /// Encodes the message with `snapshot`'s identity token and posts it with failover.
-    async fn attempt(
-        &self,
-        snapshot: &Snapshot,
-        job: &BlobJob,
-        created_at: &str,
-        posts: &Semaphore,
-    ) -> Attempt {
+    async fn attempt(&self, snapshot: &Snapshot, delivery: &mut Delivery<'_>) -> Attempt {
+        let job = delivery.job;
         let message = IngestionMessage {
             source_id: job.source_id,
             blob: &job.blob,
@@ -92,7 +138,7 @@ impl DmQueues {
             table: &job.table,
             spec: &job.spec,
             authorization_context: &snapshot.authorization_context,
-            created_at,
+            created_at: delivery.created_at,
         };
         let text = match message.encode() {
             Ok(text) => text,
@@ -105,19 +151,32 @@ impl DmQueues {
                 return Attempt::Done(failed(code, error.to_string()));
             }
         };
-        // A permit for the whole failover; the semaphore is never closed.
-        let _permit = posts.acquire().await.ok();
-        match self.post_with_failover(snapshot, job, text).await {
+        // A permit for the whole failover.
+        let Ok(permit) =
+            tokio::time::timeout_at(delivery.deadline.instant(), self.posts.acquire()).await
+        else {
+            return Attempt::Done(deadline_passed());
+        };
+        // The semaphore is never closed; without a permit the post still goes.
+        let _permit = permit.ok();
+        match self.post_with_failover(snapshot, delivery, text).await {
             Ok(()) => Attempt::Done(BlobOutcome::Queued),
             Err(PostError::AuthenticationFailed(reason)) => Attempt::SasRefused(reason),
             Err(PostError::Rejected(reason)) => Attempt::Done(failed(
                 FailureCode::MessageRejected,
                 format!("the ingestion queue rejected the message ({reason})"),
             )),
-            Err(PostError::Unavailable(reason)) => Attempt::Done(failed(
-                FailureCode::QueueUnavailable,
-                format!("no ingestion queue accepted the message ({reason})"),
-            )),
+            Err(PostError::Unavailable(_) | PostError::Unknown(_))
+                if delivery.deadline.expired() =>
+            {
+                Attempt::Done(deadline_passed())
+            }
+            Err(PostError::Unavailable(reason) | PostError::Unknown(reason)) => {
+                Attempt::Done(failed(
+                    FailureCode::QueueUnavailable,
+                    format!("no ingestion queue accepted the message ({reason})"),
+                ))
+            }
         }
     }
 
@@ -126,14 +185,18 @@ impl DmQueues {
     async fn post_with_failover(
         &self,
         snapshot: &Snapshot,
-        job: &BlobJob,
+        delivery: &mut Delivery<'_>,
         text: String,
     ) -> Result<(), PostError> {
+        let job = delivery.job;
         let pool = &snapshot.pool;
         let mut last_error = PostError::Unavailable("no ingestion queue is known".to_owned());
         for index in pool.candidates(&self.ranking) {
+            if delivery.deadline.expired() {
+                break;
+            }
             let account = pool.account(index);
-            let error = match pool.post(index, text.clone()).await {
+            let error = match pool.post(index, text.clone(), delivery.deadline).await {
                 Ok(()) => {
                     self.ranking.record(account, true);
                     tracing::debug!(blob = %job.blob, source_id = %job.source_id, database = %job.database, table = %job.table, queue_account = account, "queued");
@@ -150,12 +213,14 @@ impl DmQueues {
                     self.cache.invalidate(snapshot.generation);
                     last_error = error;
                 }
-                PostError::Unavailable(_)
-                    if !matches!(last_error, PostError::AuthenticationFailed(_)) =>
-                {
-                    last_error = error;
+                PostError::Unavailable(_) | PostError::Unknown(_) => {
+                    if let PostError::Unknown(reason) = &error {
+                        delivery.unknown = Some(reason.clone());
+                    }
+                    if !matches!(last_error, PostError::AuthenticationFailed(_)) {
+                        last_error = error;
+                    }
                 }
-                PostError::Unavailable(_) => {}
                 // Any queue would refuse this message.
                 PostError::Rejected(_) => return Err(error),
             }
@@ -166,4 +231,11 @@ impl DmQueues {
 
 fn failed(code: FailureCode, message: String) -> BlobOutcome {
     BlobOutcome::Failed(BlobFailure::new(code, message))
+}
+
+fn deadline_passed() -> BlobOutcome {
+    failed(
+        FailureCode::DeadlineExceeded,
+        "the request's deadline passed before the blob could be queued (setting INGEST_REQUEST_DEADLINE_SECONDS; BlobCreated invocations: INGEST_EVENT_DEADLINE_SECONDS)".to_owned(),
+    )
 }

@@ -6,7 +6,7 @@ mod results;
 
 use super::errors::{ApiError, ErrorDetail, Reply, nothing_queued};
 use crate::domain::AllowedDms;
-use crate::ingest::{Backend, BlobOutcome};
+use crate::ingest::{Backend, BlobOutcome, Deadline};
 use crate::properties::Properties;
 
 /// What the route needs besides the backend.
@@ -26,8 +26,13 @@ impl IngestApi {
         }
     }
 
-    /// Handles one request body end to end. The body is dropped once parsed.
-    pub(crate) async fn handle<B: Backend>(&self, backend: &B, body: bytes::Bytes) -> Reply {
+    /// Handles one request body end to end, by `deadline`. The body is dropped once parsed.
+    pub(crate) async fn handle<B: Backend>(
+        &self,
+        backend: &B,
+        body: bytes::Bytes,
+        deadline: Deadline,
+    ) -> Reply {
         let parsed = parse::parse(&body, self.max_blobs, &self.defaults);
         drop(body);
         let request = match parsed {
@@ -49,7 +54,7 @@ impl IngestApi {
             }
         };
         let jobs = request.jobs;
-        let outcomes = match backend.ingest(&dm, &jobs).await {
+        let outcomes = match backend.ingest(&dm, &jobs, deadline).await {
             Ok(outcomes) => outcomes,
             Err(failure) => {
                 let (status, retry_after) = nothing_queued([&failure], true);
@@ -58,15 +63,16 @@ impl IngestApi {
                 return results::reply(status, retry_after, &jobs, &outcomes, Some(&headline));
             }
         };
-        let queued = results::queued(&outcomes);
+        let (queued, unknown, _) = results::counts(&outcomes);
+        // Any blob that may or may not be queued needs the caller to read the per-blob results.
         let (status, retry_after, headline) = if queued == jobs.len() {
             (202, None, None)
-        } else if queued > 0 {
+        } else if queued > 0 || unknown > 0 {
             (207, None, None)
         } else {
             let failures = outcomes.iter().filter_map(|o| match o {
                 BlobOutcome::Failed(f) => Some(f),
-                BlobOutcome::Queued => None,
+                BlobOutcome::Queued | BlobOutcome::Unknown(_) => None,
             });
             let headline = failures.clone().next().map(|f| ErrorDetail {
                 message: format!("No blob was queued: {}", f.message),
@@ -75,7 +81,7 @@ impl IngestApi {
             let (status, retry_after) = nothing_queued(failures, false);
             (status, retry_after, headline)
         };
-        tracing::info!(dm = %dm, blobs = jobs.len(), queued, status, "ingest request done");
+        tracing::info!(dm = %dm, blobs = jobs.len(), queued, unknown, status, "ingest request done");
         results::reply(status, retry_after, &jobs, &outcomes, headline.as_ref())
     }
 }

@@ -13,6 +13,9 @@ struct ResultsBody<'a> {
     blob_count: usize,
     queued: usize,
     failed: usize,
+    /// Blobs that may have been queued (`status: "unknown"`).
+    #[serde(skip_serializing_if = "is_zero")]
+    unknown: usize,
     blobs: Vec<BlobResult<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a ErrorDetail>,
@@ -44,11 +47,20 @@ fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
     serializer.collect_str(value)
 }
 
-pub(super) fn queued(outcomes: &[BlobOutcome]) -> usize {
-    outcomes
-        .iter()
-        .filter(|o| matches!(o, BlobOutcome::Queued))
-        .count()
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// How many outcomes are queued, unknown and failed.
+pub(super) fn counts(outcomes: &[BlobOutcome]) -> (usize, usize, usize) {
+    outcomes.iter().fold(
+        (0, 0, 0),
+        |(queued, unknown, failed), outcome| match outcome {
+            BlobOutcome::Queued => (queued + 1, unknown, failed),
+            BlobOutcome::Unknown(_) => (queued, unknown + 1, failed),
+            BlobOutcome::Failed(_) => (queued, unknown, failed + 1),
+        },
+    )
 }
 
 /// One result per job, in order, under `status`.
@@ -59,30 +71,32 @@ pub(super) fn reply(
     outcomes: &[BlobOutcome],
     error: Option<&ErrorDetail>,
 ) -> Reply {
-    let queued = queued(outcomes);
+    let (queued, unknown, failed) = counts(outcomes);
     let blobs = jobs
         .iter()
         .zip(outcomes)
-        .map(|(job, outcome)| BlobResult {
-            blob_uri: &job.blob,
-            source_id: &job.source_id,
-            status: match outcome {
-                BlobOutcome::Queued => "queued",
-                BlobOutcome::Failed(_) => "failed",
-            },
-            error: match outcome {
-                BlobOutcome::Queued => None,
-                BlobOutcome::Failed(f) => Some(BlobError {
+        .map(|(job, outcome)| {
+            let (status, failure) = match outcome {
+                BlobOutcome::Queued => ("queued", None),
+                BlobOutcome::Unknown(f) => ("unknown", Some(f)),
+                BlobOutcome::Failed(f) => ("failed", Some(f)),
+            };
+            BlobResult {
+                blob_uri: &job.blob,
+                source_id: &job.source_id,
+                status,
+                error: failure.map(|f| BlobError {
                     code: f.code.as_str(),
                     message: &f.message,
                 }),
-            },
+            }
         })
         .collect();
     let body = ResultsBody {
         blob_count: jobs.len(),
         queued,
-        failed: jobs.len() - queued,
+        failed,
+        unknown,
         blobs,
         error,
     };
