@@ -14,6 +14,6 @@ pub mod storage;
 mod xml;
 
 pub use azurite::Azurite;
-pub use dm::{BreakMode, DmEmulator, EmulatorConfig, Faults};
+pub use dm::{BreakMode, DmEmulator, EmulatorConfig, FakeStorageCounts, Faults};
 pub use error::{Error, Result};
 pub use storage::{AzuriteHandle, StorageAccount};

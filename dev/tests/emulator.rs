@@ -1,9 +1,10 @@
 //! End-to-end tests of the DM emulator and the Azurite helpers against a real Azurite.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use kusto_dev::dm::tables::{KustoErrorBody, V1Response};
-use kusto_dev::{Azurite, BreakMode, DmEmulator, EmulatorConfig};
+use kusto_dev::{Azurite, BreakMode, DmEmulator, EmulatorConfig, FakeStorageCounts};
 use serde_json::json;
 
 const KUSTO: &str = "https://kusto.kusto.windows.net";
@@ -53,8 +54,21 @@ fn get_resources() -> serde_json::Value {
 }
 
 async fn put_message(url_with_sas: &str, text: &str) -> (u16, String) {
+    try_put_message(url_with_sas, text, Duration::from_secs(30))
+        .await
+        .unwrap()
+}
+
+/// Put Message on a fresh connection with a client timeout; transport errors are returned.
+async fn try_put_message(
+    url_with_sas: &str,
+    text: &str,
+    timeout: Duration,
+) -> reqwest::Result<(u16, String)> {
     let (base, sas) = url_with_sas.split_once('?').unwrap();
-    let rsp = reqwest::Client::new()
+    let rsp = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()?
         .post(format!("{base}/messages?{sas}"))
         .header("content-type", "application/xml")
         .header("x-ms-version", "2025-07-05")
@@ -62,10 +76,26 @@ async fn put_message(url_with_sas: &str, text: &str) -> (u16, String) {
             "<?xml version='1.0' encoding='utf-8'?>\n<QueueMessage><MessageText>{text}</MessageText></QueueMessage>"
         ))
         .send()
-        .await
-        .unwrap();
+        .await?;
     let status = rsp.status().as_u16();
-    (status, rsp.text().await.unwrap())
+    Ok((status, rsp.text().await?))
+}
+
+/// The ready-for-aggregation queue URLs of `account` among `.get ingestion resources` rows.
+fn queue_urls(rows: &[(String, String)], account: &str) -> Vec<String> {
+    rows.iter()
+        .filter(|(k, u)| {
+            k == "SecuredReadyForAggregationQueue" && u.contains(&format!("/{account}/"))
+        })
+        .map(|(_, u)| u.clone())
+        .collect()
+}
+
+/// `(account, queue)` of a path-style queue URL.
+fn account_and_queue(url: &str) -> (String, String) {
+    let url = url::Url::parse(url).unwrap();
+    let segments: Vec<&str> = url.path_segments().unwrap().collect();
+    (segments[0].to_string(), segments[1].to_string())
 }
 
 async fn resources(emu: &DmEmulator, tok: &str) -> Vec<(String, String)> {
@@ -608,15 +638,19 @@ async fn null_queue_counts_messages() {
         assert_eq!(status, 201);
         assert!(body.contains("<QueueMessagesList><QueueMessage><MessageId>"));
     }
-    // Explicit /null/ path.
-    let rsp = reqwest::Client::new()
-        .post(format!("{}/null/a/q/messages", emu.fake_storage_url()))
-        .body("<QueueMessage><MessageText>x</MessageText></QueueMessage>")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 201);
-    assert_eq!(emu.null_queue_count(), 5);
+    // Explicit /null/ path, several requests on one keep-alive connection.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let rsp = client
+            .post(format!("{}/null/a/q/messages", emu.fake_storage_url()))
+            .body("<QueueMessage><MessageText>x</MessageText></QueueMessage>")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 201);
+        assert!(rsp.text().await.unwrap().contains("<MessageId>"));
+    }
+    assert_eq!(emu.null_queue_count(), 7);
 }
 
 #[tokio::test]
@@ -720,4 +754,195 @@ async fn config_is_validated() {
         ..Default::default()
     };
     assert!(DmEmulator::start(az, unknown).await.is_err());
+}
+
+#[tokio::test]
+async fn hang_never_answers_while_other_accounts_are_served() {
+    let emu = emulator().await;
+    let tok = token(&emu, KUSTO).await;
+    emu.faults().break_account("ingestacct1", BreakMode::Hang);
+    emu.faults()
+        .break_account("ingestacct2", BreakMode::ServerBusy);
+    let rows = resources(&emu, &tok).await;
+    let hung = queue_urls(&rows, "ingestacct1");
+    let busy = queue_urls(&rows, "ingestacct2");
+    assert_eq!((hung.len(), busy.len()), (2, 2));
+    assert!(hung[0].starts_with(emu.fake_storage_url()), "{}", hung[0]);
+
+    let t0 = Instant::now();
+    let url = hung[0].clone();
+    let hanging =
+        tokio::spawn(async move { try_put_message(&url, "eA==", Duration::from_secs(1)).await });
+    // Wait until the hanging request has been read, then use the same listener for
+    // the other account: it answers at once.
+    while emu.fake_storage_requests("ingestacct1") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = put_message(&busy[0], "eA==").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!hanging.is_finished(), "the hung request got an answer");
+
+    let err = hanging
+        .await
+        .unwrap()
+        .expect_err("a hung request is never answered");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert_eq!(
+        emu.fake_storage_counts("ingestacct1"),
+        FakeStorageCounts {
+            hang: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(emu.fake_storage_requests("ingestacct1"), 1);
+    assert_eq!(emu.fake_storage_counts("ingestacct2").server_busy, 1);
+    assert_eq!(emu.server_busy_count(), 1);
+    assert!(emu.receive_ingestion_messages().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reset_after_enqueue_enqueues_then_drops_the_connection() {
+    let emu = emulator().await;
+    let tok = token(&emu, KUSTO).await;
+    emu.faults()
+        .break_account("ingestacct1", BreakMode::ResetAfterEnqueue);
+    let rows = resources(&emu, &tok).await;
+    let url = &queue_urls(&rows, "ingestacct1")[0];
+    assert!(url.starts_with(emu.fake_storage_url()), "{url}");
+    let (account, queue) = account_and_queue(url);
+
+    let text = base64::engine::general_purpose::STANDARD.encode(r#"{"answer":"lost"}"#);
+    let err = try_put_message(url, &text, Duration::from_secs(10))
+        .await
+        .expect_err("the answer is lost");
+    assert!(!err.is_timeout() && err.status().is_none(), "{err:?}");
+    assert!(err.is_request(), "{err:?}");
+
+    // The message is in the real queue all the same.
+    assert_eq!(
+        emu.azurite().peek_messages(&account, &queue).await.unwrap(),
+        [text]
+    );
+    let msgs = emu.receive_ingestion_messages().await.unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((&msgs[0].account, &msgs[0].queue), (&account, &queue));
+    assert_eq!(msgs[0].json, Some(json!({"answer": "lost"})));
+    assert_eq!(
+        emu.fake_storage_counts(&account),
+        FakeStorageCounts {
+            reset_after_enqueue: 1,
+            enqueued: 1,
+            ..Default::default()
+        }
+    );
+
+    // When Azurite refuses the message, its answer is passed on (nothing enqueued).
+    let missing = url.replace(&format!("/{queue}?"), "/nosuchqueue?");
+    let (status, body) = put_message(&missing, "eA==").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("QueueNotFound"), "{body}");
+    let counts = emu.fake_storage_counts(&account);
+    assert_eq!((counts.reset_after_enqueue, counts.enqueued), (2, 1));
+}
+
+#[tokio::test]
+async fn reset_drops_the_connection_without_enqueuing() {
+    let emu = emulator().await;
+    let tok = token(&emu, KUSTO).await;
+    emu.faults().break_account("ingestacct2", BreakMode::Reset);
+    let rows = resources(&emu, &tok).await;
+    let urls = queue_urls(&rows, "ingestacct2");
+    for url in &urls {
+        assert!(url.starts_with(emu.fake_storage_url()), "{url}");
+        let err = try_put_message(url, "eA==", Duration::from_secs(10))
+            .await
+            .expect_err("reset without an answer");
+        assert!(!err.is_timeout() && err.status().is_none(), "{err:?}");
+    }
+    // The account's TempStorage container is reset too.
+    let (_, container) = rows
+        .iter()
+        .find(|(k, u)| k == "TempStorage" && u.contains("/ingestacct2/"))
+        .unwrap();
+    assert!(container.starts_with(emu.fake_storage_url()), "{container}");
+    let (base, sas) = container.split_once('?').unwrap();
+    let err = reqwest::Client::new()
+        .put(format!("{base}/b.json?{sas}"))
+        .header("x-ms-blob-type", "BlockBlob")
+        .body("{}")
+        .send()
+        .await
+        .expect_err("reset");
+    assert!(!err.is_timeout(), "{err:?}");
+    assert_eq!(
+        emu.fake_storage_counts("ingestacct2"),
+        FakeStorageCounts {
+            reset: 3,
+            ..Default::default()
+        }
+    );
+    assert!(emu.receive_ingestion_messages().await.unwrap().is_empty());
+
+    // Healed, the stale URL answers 503 ServerBusy like any stale fake URL.
+    emu.faults().heal_account("ingestacct2");
+    assert_eq!(put_message(&urls[0], "eA==").await.0, 503);
+    assert_eq!(emu.fake_storage_counts("ingestacct2").server_busy, 1);
+    emu.clear_logs();
+    assert_eq!(emu.fake_storage_requests("ingestacct2"), 0);
+}
+
+/// The fake storage listener speaks enough HTTP/1.1 and says what it does not support.
+#[tokio::test]
+async fn fake_storage_http_edges() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let emu = DmEmulator::start(
+        Azurite::shared(),
+        EmulatorConfig {
+            null_queue: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let addr = emu
+        .fake_storage_url()
+        .trim_start_matches("http://")
+        .to_string();
+    let exchange = |request: String| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            // Every case below ends with the listener closing the connection.
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let body = "<QueueMessage><MessageText>x</MessageText></QueueMessage>";
+    let closing = exchange(format!(
+        "POST /null/a/q/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    assert!(closing.starts_with("HTTP/1.1 201 Created\r\n"), "{closing}");
+    assert!(closing.contains("connection: close\r\n"), "{closing}");
+    assert!(closing.ends_with("</QueueMessagesList>"), "{closing}");
+
+    let chunked = exchange(
+        "POST /null/a/q/messages HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+            .into(),
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 400 "), "{chunked}");
+    assert!(chunked.contains("Content-Length"), "{chunked}");
+
+    let garbage = exchange("hello\r\n\r\n".into()).await;
+    assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+    assert_eq!(emu.null_queue_count(), 1);
 }

@@ -6,7 +6,8 @@
 //! * `POST /_emulator/faults`   — body: any of `{"push_statuses": [[429, 2], [503, null]],
 //!   "delay_ms": 0, "down": false, "break_account": {"account": "a", "mode": "ServerBusy"},
 //!   "heal_account": "a", "sas_lifetime_secs": 2, "token_lifetime_secs": 3600,
-//!   "fail_token_endpoint": 500 (0 clears), "dm": "stop" | "start", "reset": true}`
+//!   "fail_token_endpoint": 500 (0 clears), "dm": "stop" | "start", "reset": true}`;
+//!   break modes: `ServerBusy`, `BadSignature`, `Hang`, `Reset`, `ResetAfterEnqueue`
 //! * `POST /_emulator/reset`    — clear faults and logs
 
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub(crate) fn state_json(state: &State) -> serde_json::Value {
         "null_queue": state.null_queue,
         "null_queue_count": state.null_count.load(Ordering::Relaxed),
         "busy_count": state.busy_count.load(Ordering::Relaxed),
+        "fake_storage": state.log().fake_storage,
         "faults": state.faults.to_json(),
     })
 }
@@ -151,13 +153,7 @@ pub(crate) async fn handle(
         ("GET", "/requests") => reply::json(200, &requests_json(&state), &[]),
         ("POST", "/reset") => {
             state.faults.reset();
-            {
-                let mut log = state.log();
-                log.mgmt.clear();
-                log.token.clear();
-            }
-            state.null_count.store(0, Ordering::Relaxed);
-            state.busy_count.store(0, Ordering::Relaxed);
+            state.clear_logs();
             reply::json(200, &state_json(&state), &[])
         }
         ("POST", "/faults") => {

@@ -11,13 +11,27 @@ use super::server::{Routes, Server};
 use crate::error::{Error, Result};
 
 /// How a storage account is broken in the resources the DM hands out.
+///
+/// Every mode but `BadSignature` points the account's URLs (queues, container, table) at
+/// the emulator's fake storage listener, same `/<account>/<name>` path and SAS query.
+/// That listener acts on the mode the account has when a request arrives, and counts
+/// requests per account ([`crate::dm::DmEmulator::fake_storage_counts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BreakMode {
-    /// Queue URLs point at a loopback endpoint (same `/<account>/<queue>/messages` path)
-    /// answering Put Message with `503 ServerBusy`.
+    /// Every request is answered `503 ServerBusy` (storage error XML).
     ServerBusy,
     /// Queue URLs point at Azurite but carry a wrong `sig`: Azurite answers `403 AuthenticationFailed`.
     BadSignature,
+    /// The request is read, then never answered: the connection stays open until the
+    /// client closes it (its timeout).
+    Hang,
+    /// The request is read, then the connection is reset (TCP RST) without an answer;
+    /// nothing is enqueued.
+    Reset,
+    /// A Put Message is really enqueued into the Azurite queue of the same account and
+    /// name, then the connection is reset without an answer: the message was accepted but
+    /// the answer was lost. Other requests are just reset.
+    ResetAfterEnqueue,
 }
 
 #[derive(Debug)]

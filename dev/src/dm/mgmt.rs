@@ -160,7 +160,12 @@ enum Target {
 
 fn target(state: &State, account: &str, ingestion_queue: bool) -> Target {
     match state.faults.broken(account) {
-        Some(BreakMode::ServerBusy) => Target::Fake,
+        Some(
+            BreakMode::ServerBusy
+            | BreakMode::Hang
+            | BreakMode::Reset
+            | BreakMode::ResetAfterEnqueue,
+        ) => Target::Fake,
         Some(BreakMode::BadSignature) => Target::BadSig,
         None if ingestion_queue && state.null_queue => Target::Fake,
         None => Target::Azurite,

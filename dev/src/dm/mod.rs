@@ -4,12 +4,14 @@
 //! from any test runtime, or none):
 //! * DM: `POST /v1/rest/mgmt` (+ `/_emulator/…` control API) — can be stopped/restarted;
 //! * identity: `GET /msi/token` (+ `/_emulator/…`) — stays up while the DM is stopped;
-//! * fake storage: null queue and `ServerBusy` account endpoint.
+//! * fake storage: null queue and the endpoint of accounts broken with
+//!   `ServerBusy`/`Hang`/`Reset`/`ResetAfterEnqueue` (a minimal HTTP/1.1 server, see `http1`).
 
 mod control;
+mod fake_storage;
 mod faults;
+mod http1;
 mod mgmt;
-mod null_queue;
 mod reply;
 mod server;
 mod state;
@@ -25,7 +27,7 @@ use warp::Filter as _;
 use warp::http::{HeaderMap, Method};
 
 pub use faults::{BreakMode, Faults};
-pub use state::{MgmtRequest, TokenRequest};
+pub use state::{FakeStorageCounts, MgmtRequest, TokenRequest};
 
 use crate::azurite::free_ports;
 use crate::error::{Error, Result};
@@ -104,6 +106,7 @@ pub struct DmEmulator {
     state: Arc<State>,
     faults: Faults,
     servers: Mutex<Vec<Server>>,
+    fake_storage: Option<http1::Listener>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -138,7 +141,6 @@ fn validate_prefix(p: &str) -> Result<()> {
 enum Listener {
     Dm,
     Identity,
-    Storage,
 }
 
 fn routes(state: Arc<State>, which: Listener) -> Routes {
@@ -158,7 +160,6 @@ fn routes(state: Arc<State>, which: Listener) -> Routes {
                 async move {
                     let path = path.as_str();
                     match which {
-                        Listener::Storage => null_queue::handle(state, &method, path, &body),
                         _ if path.starts_with("/_emulator") => {
                             control::handle(state, &method, path, body).await
                         }
@@ -258,14 +259,20 @@ impl DmEmulator {
         let dm_routes = routes(state.clone(), Listener::Dm);
         let dm_server = Server::start(&rt, dm_listener, dm_routes.clone())?;
         faults.attach_dm(rt.clone(), dm_server, dm_routes);
-        let servers = vec![
-            Server::start(&rt, id_listener, routes(state.clone(), Listener::Identity))?,
-            Server::start(&rt, st_listener, routes(state.clone(), Listener::Storage))?,
-        ];
+        let servers = vec![Server::start(
+            &rt,
+            id_listener,
+            routes(state.clone(), Listener::Identity),
+        )?];
+        let storage_state = state.clone();
+        let fake_storage = http1::serve(&rt, st_listener, move |req| {
+            fake_storage::handle(storage_state.clone(), req)
+        })?;
         Ok(DmEmulator {
             state,
             faults,
             servers: Mutex::new(servers),
+            fake_storage: Some(fake_storage),
             runtime: Some(runtime),
         })
     }
@@ -350,7 +357,8 @@ impl DmEmulator {
             + "/_emulator"
     }
 
-    /// Base URL of the fake storage listener (null queue / ServerBusy endpoint).
+    /// Base URL of the fake storage listener (null queue, and the endpoint of accounts
+    /// broken with every [`BreakMode`] but `BadSignature`).
     pub fn fake_storage_url(&self) -> &str {
         &self.state.storage_url
     }
@@ -466,13 +474,27 @@ impl DmEmulator {
         self.state.busy_count.load(Ordering::Relaxed)
     }
 
+    /// What the fake storage endpoint did with the requests for `account` (all zero
+    /// when it received none): one counter per [`BreakMode`], plus messages enqueued.
+    pub fn fake_storage_counts(&self, account: &str) -> FakeStorageCounts {
+        self.state
+            .log()
+            .fake_storage
+            .get(account)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Requests for `account` the fake storage endpoint received while it was broken,
+    /// all modes together (`fake_storage_counts(account).requests()`); a request counts
+    /// once it has been read completely, before the fault acts.
+    pub fn fake_storage_requests(&self, account: &str) -> u64 {
+        self.fake_storage_counts(account).requests()
+    }
+
     /// Clears the request logs and counters (not the faults).
     pub fn clear_logs(&self) {
-        let mut log = self.state.log();
-        log.mgmt.clear();
-        log.token.clear();
-        self.state.null_count.store(0, Ordering::Relaxed);
-        self.state.busy_count.store(0, Ordering::Relaxed);
+        self.state.clear_logs();
     }
 
     // ----- faults -----------------------------------------------------------------
@@ -500,6 +522,7 @@ impl DmEmulator {
     fn close(&mut self) {
         // Dropping the DM switch also breaks the Faults -> routes -> State -> Faults cycle.
         self.faults.detach_dm();
+        self.fake_storage.take();
         self.servers
             .lock()
             .unwrap_or_else(|e| e.into_inner())

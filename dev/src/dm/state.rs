@@ -2,7 +2,7 @@
 //! layout of the storage resources, issued tokens, request logs.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,29 @@ pub struct TokenRequest {
     pub at: Instant,
 }
 
+/// What the fake storage listener did with the requests naming one account while it
+/// was broken (see [`crate::BreakMode`]); null-queue messages are not counted here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FakeStorageCounts {
+    /// Answered `503 ServerBusy` (mode `ServerBusy`, or a stale fake URL of a healed account).
+    pub server_busy: u64,
+    /// Read and never answered (mode `Hang`).
+    pub hang: u64,
+    /// Read, then reset without enqueuing (mode `Reset`).
+    pub reset: u64,
+    /// Received in mode `ResetAfterEnqueue` (whether or not the enqueue worked).
+    pub reset_after_enqueue: u64,
+    /// Messages really put into Azurite in mode `ResetAfterEnqueue`.
+    pub enqueued: u64,
+}
+
+impl FakeStorageCounts {
+    /// Requests received, all modes together (`enqueued` is part of `reset_after_enqueue`).
+    pub fn requests(&self) -> u64 {
+        self.server_busy + self.hang + self.reset + self.reset_after_enqueue
+    }
+}
+
 /// A token issued by the token endpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct IssuedToken {
@@ -92,6 +115,8 @@ pub(crate) struct Log {
     pub token: Vec<TokenRequest>,
     pub tokens: HashMap<String, IssuedToken>,
     pub authorization_contexts: Vec<String>,
+    /// Per account.
+    pub fake_storage: HashMap<String, FakeStorageCounts>,
 }
 
 #[derive(Debug)]
@@ -115,6 +140,26 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn log(&self) -> MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Updates the fake storage counters of `account`.
+    pub(crate) fn count_fake(&self, account: &str, update: impl FnOnce(&mut FakeStorageCounts)) {
+        update(
+            self.log()
+                .fake_storage
+                .entry(account.to_string())
+                .or_default(),
+        );
+    }
+
+    /// Clears request logs and counters (not issued tokens, not faults).
+    pub(crate) fn clear_logs(&self) {
+        let mut log = self.log();
+        log.mgmt.clear();
+        log.token.clear();
+        log.fake_storage.clear();
+        self.null_count.store(0, Ordering::Relaxed);
+        self.busy_count.store(0, Ordering::Relaxed);
     }
 
     /// Issues a token for `resource` valid for the current token lifetime.
