@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use kusto_dev::dm::tables::{KustoErrorBody, V1Response};
+use kusto_dev::dm::tables::{KustoErrorBody, PADDING_RESOURCE_TYPE, V1Response};
 use kusto_dev::{Azurite, BreakMode, DmEmulator, EmulatorConfig, FakeStorageCounts};
 use serde_json::json;
 
@@ -894,6 +894,137 @@ async fn reset_drops_the_connection_without_enqueuing() {
     assert_eq!(emu.fake_storage_counts("ingestacct2").server_busy, 1);
     emu.clear_logs();
     assert_eq!(emu.fake_storage_requests("ingestacct2"), 0);
+}
+
+#[tokio::test]
+async fn token_delay_delays_the_identity_endpoint_only() {
+    let emu = emulator().await;
+    let delay = Duration::from_millis(700);
+    emu.faults().set_token_delay(delay);
+    assert_eq!(emu.faults().token_delay(), delay);
+    let t0 = Instant::now();
+    let tok = token(&emu, KUSTO).await;
+    assert!(t0.elapsed() >= delay, "{:?}", t0.elapsed());
+    let t0 = Instant::now();
+    assert_eq!(mgmt(&emu, Some(&tok), get_resources()).await.status(), 200);
+    assert!(
+        t0.elapsed() < delay,
+        "the DM is not delayed: {:?}",
+        t0.elapsed()
+    );
+    emu.faults().set_token_delay(Duration::ZERO);
+    let t0 = Instant::now();
+    token(&emu, KUSTO).await;
+    assert!(t0.elapsed() < delay, "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn oversized_answer_is_a_padded_v1_table() {
+    let emu = emulator().await;
+    let tok = token(&emu, KUSTO).await;
+    let min = 3 * 1024 * 1024 + 17;
+    emu.faults().set_oversized_answers(Some(min));
+    assert_eq!(emu.faults().oversized_answers(), Some(min));
+    let rsp = mgmt(&emu, Some(&tok), get_resources()).await;
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(
+        rsp.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    assert!(
+        rsp.headers().get("content-length").is_none(),
+        "streamed chunked"
+    );
+    let text = rsp.text().await.unwrap();
+    assert!(text.len() >= min, "{} bytes", text.len());
+    assert!(text.len() < min + 64 * 1024, "{} bytes", text.len());
+    let v: V1Response = serde_json::from_str(&text).unwrap();
+    assert_eq!(v.tables.len(), 1);
+    let t = &v.tables[0];
+    assert_eq!(t.table_name, "Table_0");
+    let columns: Vec<&str> = t.columns.iter().map(|c| c.column_name.as_str()).collect();
+    assert_eq!(columns, ["ResourceTypeName", "StorageRoot"]);
+    let count = |kind: &str| t.rows.iter().filter(|r| r[0] == kind).count();
+    assert_eq!(count("SecuredReadyForAggregationQueue"), 4);
+    assert_eq!(count("TempStorage"), 2);
+    // The 9 real rows come first, then only padding.
+    assert!(t.rows[..9].iter().all(|r| r[0] != PADDING_RESOURCE_TYPE));
+    assert!(t.rows[9..].iter().all(|r| r[0] == PADDING_RESOURCE_TYPE));
+    assert!(t.rows.len() > 9);
+
+    // Other commands are not padded; `None` restores normal answers.
+    let rsp = mgmt(
+        &emu,
+        Some(&tok),
+        json!({"csl": ".get kusto identity token"}),
+    )
+    .await;
+    assert!(rsp.text().await.unwrap().len() < 1000);
+    emu.faults().set_oversized_answers(None);
+    let rsp = mgmt(&emu, Some(&tok), get_resources()).await;
+    assert!(rsp.headers().contains_key("content-length"));
+    let v: V1Response = rsp.json().await.unwrap();
+    assert_eq!(v.tables[0].rows.len(), 9);
+}
+
+#[tokio::test]
+async fn control_api_sets_the_new_faults() {
+    let emu = emulator().await;
+    let client = reqwest::Client::new();
+    let ctl = emu.control_url();
+    let post = |body: serde_json::Value| {
+        let client = client.clone();
+        let url = format!("{ctl}/faults");
+        async move {
+            let rsp = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(rsp.status(), 200);
+            rsp.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    for mode in ["Hang", "Reset", "ResetAfterEnqueue"] {
+        let v = post(json!({"break_account": {"account": "ingestacct1", "mode": mode}})).await;
+        assert_eq!(v["faults"]["broken"]["ingestacct1"], mode);
+    }
+    assert_eq!(
+        emu.faults().broken("ingestacct1"),
+        Some(BreakMode::ResetAfterEnqueue)
+    );
+    let v = post(json!({"token_delay_ms": 250, "oversized_answers": 100000})).await;
+    assert_eq!(emu.faults().token_delay(), Duration::from_millis(250));
+    assert_eq!(emu.faults().oversized_answers(), Some(100_000));
+    assert_eq!(v["faults"]["token_delay_ms"], 250);
+    assert_eq!(v["faults"]["oversized_answers"], 100_000);
+
+    // Counters per account in the state.
+    post(json!({"break_account": {"account": "ingestacct2", "mode": "Reset"}})).await;
+    let url = format!(
+        "{}/ingestacct2/somequeue?sv=x&sig=y",
+        emu.fake_storage_url()
+    );
+    assert!(
+        try_put_message(&url, "eA==", Duration::from_secs(10))
+            .await
+            .is_err()
+    );
+    let v: serde_json::Value = client
+        .get(format!("{ctl}/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["fake_storage"]["ingestacct2"]["reset"], 1);
+
+    let v = post(json!({"token_delay_ms": 0, "oversized_answers": 0})).await;
+    assert_eq!(emu.faults().token_delay(), Duration::ZERO);
+    assert_eq!(emu.faults().oversized_answers(), None);
+    assert!(v["faults"]["oversized_answers"].is_null());
+    let rsp = client.post(format!("{ctl}/reset")).send().await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let v: serde_json::Value = rsp.json().await.unwrap();
+    assert_eq!(v["fake_storage"], json!({}));
+    assert_eq!(emu.faults().broken("ingestacct2"), None);
 }
 
 /// The fake storage listener speaks enough HTTP/1.1 and says what it does not support.

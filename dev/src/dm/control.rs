@@ -6,7 +6,8 @@
 //! * `POST /_emulator/faults`   — body: any of `{"push_statuses": [[429, 2], [503, null]],
 //!   "delay_ms": 0, "down": false, "break_account": {"account": "a", "mode": "ServerBusy"},
 //!   "heal_account": "a", "sas_lifetime_secs": 2, "token_lifetime_secs": 3600,
-//!   "fail_token_endpoint": 500 (0 clears), "dm": "stop" | "start", "reset": true}`;
+//!   "fail_token_endpoint": 500 (0 clears), "token_delay_ms": 0,
+//!   "oversized_answers": 1048576 (bytes, 0 clears), "dm": "stop" | "start", "reset": true}`;
 //!   break modes: `ServerBusy`, `BadSignature`, `Hang`, `Reset`, `ResetAfterEnqueue`
 //! * `POST /_emulator/reset`    — clear faults and logs
 
@@ -41,6 +42,8 @@ struct FaultCommand {
     sas_lifetime_secs: Option<f64>,
     token_lifetime_secs: Option<f64>,
     fail_token_endpoint: Option<u16>,
+    token_delay_ms: Option<u64>,
+    oversized_answers: Option<usize>,
     dm: Option<String>,
 }
 
@@ -126,6 +129,12 @@ async fn apply(state: &Arc<State>, cmd: FaultCommand) -> Result<(), String> {
     }
     if let Some(status) = cmd.fail_token_endpoint {
         f.fail_token_endpoint((status != 0).then_some(status));
+    }
+    if let Some(ms) = cmd.token_delay_ms {
+        f.set_token_delay(Duration::from_millis(ms));
+    }
+    if let Some(bytes) = cmd.oversized_answers {
+        f.set_oversized_answers((bytes != 0).then_some(bytes));
     }
     if let Some(dm) = cmd.dm {
         let faults = f.clone();

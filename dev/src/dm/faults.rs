@@ -43,6 +43,8 @@ pub(crate) struct FaultState {
     sas_lifetime: Duration,
     token_lifetime: Duration,
     token_failure: Option<u16>,
+    token_delay: Duration,
+    oversized_answers: Option<usize>,
 }
 
 /// The DM listener, restartable on the same port.
@@ -90,6 +92,8 @@ impl Faults {
                     sas_lifetime,
                     token_lifetime,
                     token_failure: None,
+                    token_delay: Duration::ZERO,
+                    oversized_answers: None,
                 }),
                 defaults: (sas_lifetime, token_lifetime),
                 dm: Mutex::new(None),
@@ -187,6 +191,28 @@ impl Faults {
         self.state().token_failure
     }
 
+    /// Delay applied before answering every token endpoint request (like [`Faults::set_delay`]
+    /// for the DM).
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.state().token_delay = delay;
+    }
+
+    pub fn token_delay(&self) -> Duration {
+        self.state().token_delay
+    }
+
+    /// `Some(bytes)`: `.get ingestion resources` answers 200 with the usual v1 table padded
+    /// to at least `bytes` bytes by rows of resource type
+    /// [`crate::dm::tables::PADDING_RESOURCE_TYPE`] (which clients ignore), streamed
+    /// chunked without `Content-Length`. `None` restores normal answers.
+    pub fn set_oversized_answers(&self, bytes: Option<usize>) {
+        self.state().oversized_answers = bytes;
+    }
+
+    pub fn oversized_answers(&self) -> Option<usize> {
+        self.state().oversized_answers
+    }
+
     /// Clears every fault and restores the configured lifetimes (does not restart the DM).
     pub fn reset(&self) {
         let (sas, token) = self.inner.defaults;
@@ -198,6 +224,8 @@ impl Faults {
         s.sas_lifetime = sas;
         s.token_lifetime = token;
         s.token_failure = None;
+        s.token_delay = Duration::ZERO;
+        s.oversized_answers = None;
     }
 
     /// Closes the DM listener: new connections are refused, idle keep-alive
@@ -248,6 +276,8 @@ impl Faults {
             "sas_lifetime_secs": s.sas_lifetime.as_secs_f64(),
             "token_lifetime_secs": s.token_lifetime.as_secs_f64(),
             "token_failure": s.token_failure,
+            "token_delay_ms": s.token_delay.as_millis() as u64,
+            "oversized_answers": s.oversized_answers,
         })
     }
 }

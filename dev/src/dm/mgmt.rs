@@ -115,14 +115,14 @@ pub(crate) async fn handle(state: Arc<State>, headers: HeaderMap, body: Bytes) -
     } else {
         handled = true;
         match parse_command(&command) {
-            Command::IngestionResources => (
-                200,
-                reply::json(
-                    200,
-                    &tables::ingestion_resources(resource_rows(&state)),
-                    &common,
-                ),
-            ),
+            Command::IngestionResources => {
+                let table = tables::ingestion_resources(resource_rows(&state));
+                let response = match state.faults.oversized_answers() {
+                    Some(min_bytes) => oversized(&table, min_bytes, &common),
+                    None => reply::json(200, &table, &common),
+                };
+                (200, response)
+            }
             Command::IdentityToken => {
                 let context = format!("emu-authz-{}", uuid::Uuid::new_v4());
                 state.log().authorization_contexts.push(context.clone());
@@ -149,6 +149,30 @@ pub(crate) async fn handle(state: Arc<State>, headers: HeaderMap, body: Bytes) -
         at: std::time::Instant::now(),
     });
     response
+}
+
+/// Characters of the `StorageRoot` of one padding row (each row is its own chunk).
+const PADDING_FILL: usize = 16 * 1024;
+
+/// `table` (one `Table_0` with at least one row) followed by padding rows until the
+/// body is at least `min_bytes` long, streamed: the padding is one shared chunk repeated.
+fn oversized(table: &tables::V1Response, min_bytes: usize, headers: &[(&str, String)]) -> Response {
+    let json = serde_json::to_string(table).unwrap_or_default();
+    // `{"Tables":[{…,"Rows":[[…],…]}]}`: the padding goes before the closing `]}]}`.
+    let Some(head) = json.strip_suffix("]}]}").filter(|h| h.ends_with(']')) else {
+        return reply::json(200, table, headers);
+    };
+    let row = bytes::Bytes::from(format!(
+        r#",["{}","{}"]"#,
+        tables::PADDING_RESOURCE_TYPE,
+        "x".repeat(PADDING_FILL)
+    ));
+    let rows = min_bytes.saturating_sub(json.len()).div_ceil(row.len());
+    let chunks = std::iter::once(bytes::Bytes::from(head.to_string()))
+        .chain(std::iter::repeat_n(row, rows))
+        .chain(std::iter::once(bytes::Bytes::from_static(b"]}]}")))
+        .map(Ok);
+    reply::stream(200, reply::JSON, futures::stream::iter(chunks), headers)
 }
 
 /// Which endpoint a resource URL of `account` points at right now.

@@ -167,7 +167,7 @@ fn routes(state: Arc<State>, which: Listener) -> Routes {
                             mgmt::handle(state, headers, body).await
                         }
                         Listener::Identity if path == "/msi/token" && method == Method::GET => {
-                            token::handle(state, &query, &headers)
+                            token::handle(state, &query, &headers).await
                         }
                         _ => reply::not_found(&format!("{method} {path}")),
                     }

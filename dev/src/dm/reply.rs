@@ -15,7 +15,41 @@ pub(crate) fn raw(
     body: impl Into<Vec<u8>>,
     headers: &[(&str, String)],
 ) -> WarpResponse {
-    let mut rsp = Response::new(body.into());
+    with_head(
+        Response::new(body.into()).into_response(),
+        status,
+        content_type,
+        headers,
+    )
+}
+
+/// Response whose body is streamed (chunked, no `Content-Length`).
+pub(crate) fn stream<S>(
+    status: u16,
+    content_type: &str,
+    chunks: S,
+    headers: &[(&str, String)],
+) -> WarpResponse
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>>
+        + Send
+        + Sync
+        + 'static,
+{
+    with_head(
+        warp::reply::stream(chunks).into_response(),
+        status,
+        content_type,
+        headers,
+    )
+}
+
+fn with_head(
+    mut rsp: WarpResponse,
+    status: u16,
+    content_type: &str,
+    headers: &[(&str, String)],
+) -> WarpResponse {
     *rsp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = rsp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(content_type) {
@@ -29,7 +63,7 @@ pub(crate) fn raw(
             h.append(n, v);
         }
     }
-    rsp.into_response()
+    rsp
 }
 
 /// JSON response from a serializable value.

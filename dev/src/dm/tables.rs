@@ -76,6 +76,10 @@ impl V1Table {
     }
 }
 
+/// `ResourceTypeName` of the rows padding an oversized `.get ingestion resources` answer
+/// (`Faults::set_oversized_answers`); clients ignore resource types they do not know.
+pub const PADDING_RESOURCE_TYPE: &str = "KustoDevPadding";
+
 /// The `.get ingestion resources` table: `(ResourceTypeName, StorageRoot)` rows.
 pub fn ingestion_resources(rows: Vec<(String, String)>) -> V1Response {
     V1Response {

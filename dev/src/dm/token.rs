@@ -22,7 +22,11 @@ fn error(status: u16, code: &str, description: &str) -> Response {
     )
 }
 
-pub(crate) fn handle(state: Arc<State>, query: &str, headers: &HeaderMap) -> Response {
+pub(crate) async fn handle(state: Arc<State>, query: &str, headers: &HeaderMap) -> Response {
+    let delay = state.faults.token_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let param = |name: &str| {
         url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == name)
