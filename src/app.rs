@@ -48,17 +48,16 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        warp::serve(crate::http::routes(self.services))
-            .incoming(self.listener)
-            .graceful(shutdown)
-            .run()
-            .await;
+        crate::http::serve(self.listener, crate::http::routes(self.services), shutdown).await;
     }
 }
 
 /// Every service, each given only what it uses. One HTTP client serves the DM, the queues, the
 /// identity endpoint and storage (see `transport`).
 fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError> {
+    for warning in settings.authorization.warnings() {
+        tracing::warn!("{warning}");
+    }
     let http = crate::transport::http_client().map_err(StartupError::HttpClient)?;
     let transport = crate::transport::azure_transport(&http);
     let identity = Identity::managed(
@@ -84,6 +83,7 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
             settings.dms,
             settings.max_blobs,
             settings.default_properties.clone(),
+            settings.authorization,
         ),
         trigger: Trigger::new(
             settings.routes,
@@ -95,5 +95,6 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
         max_body_bytes: settings.max_body_bytes,
         request_deadline: settings.request_deadline,
         event_deadline: settings.event_deadline,
+        requests: Arc::new(tokio::sync::Semaphore::new(settings.max_requests)),
     })
 }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod eventgrid;
 pub mod settings;
 
+mod authorization;
 mod dm;
 mod domain;
 mod http;

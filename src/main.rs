@@ -7,9 +7,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     // stdout is captured by the Functions host and shipped to Application Insights.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_ansi(false)
         .init();
     let settings = match Settings::from_env() {
@@ -35,6 +33,24 @@ async fn main() -> ExitCode {
     app.run_until(shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `RUST_LOG`, or `info`. The Azure SDK's own request logs (every failed call, URL included) stay
+/// at warnings unless `RUST_LOG` names them: the handler logs each failure once, with its context.
+fn log_filter() -> EnvFilter {
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    if spec.trim().is_empty() {
+        filter = EnvFilter::new("info");
+    }
+    for sdk in ["typespec_client_core", "azure_core"] {
+        if !spec.contains(sdk)
+            && let Ok(directive) = format!("{sdk}=warn").parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }
 
 /// An error and every `source()` under it, on one line.

@@ -154,6 +154,32 @@ impl Properties {
         self.0.get(key)
     }
 
+    /// Makes a retried blob safe: tags its data `ingest-by:<tag>` and has Kusto skip the blob
+    /// when the table already holds an extent with that tag (`ingestIfNotExists`), keeping any
+    /// tags already given.
+    pub(crate) fn ingest_once(&mut self, tag: &str) {
+        for (key, value) in [
+            ("tags", format!("ingest-by:{tag}")),
+            ("ingestIfNotExists", tag.to_owned()),
+        ] {
+            let mut list = self.string_list(key);
+            if !list.contains(&value) {
+                list.push(value);
+            }
+            let json = Value::Array(list.into_iter().map(Value::String).collect()).to_string();
+            self.0.set(key, Value::String(json));
+        }
+    }
+
+    /// A checked list property (`tags`, `ingestIfNotExists`): its strings.
+    fn string_list(&self, key: &str) -> Vec<String> {
+        self.0
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|s| serde_json::from_str::<Vec<String>>(s).ok())
+            .unwrap_or_default()
+    }
+
     /// What the ingestion message says with these properties.
     pub(crate) fn spec(&self) -> IngestionSpec {
         IngestionSpec::from_checked(self.0.clone())
@@ -459,6 +485,19 @@ mod tests {
         assert_eq!(
             additional(&spec),
             json!({"tags": "[\"a\",\"drop-by:x\"]", "ingestIfNotExists": "[\"b\"]", "format": "csv"})
+        );
+    }
+
+    #[test]
+    fn ingest_once_adds_the_ingest_by_tag_and_keeps_other_tags() {
+        let mut p = bag(json!({"Tags": ["a"], "format": "csv"}))
+            .parse()
+            .unwrap();
+        p.ingest_once("id-1");
+        p.ingest_once("id-1");
+        assert_eq!(
+            additional(&p.spec()),
+            json!({"format": "csv", "tags": "[\"a\",\"ingest-by:id-1\"]", "ingestIfNotExists": "[\"id-1\"]"})
         );
     }
 

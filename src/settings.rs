@@ -1,6 +1,7 @@
 //! Settings, read once at start-up from app settings (environment variables). Every setting name
 //! the handler reads is here; a bad value stops start-up with a message naming the setting.
 
+use crate::authorization::{Names, Policy};
 use crate::domain::{AllowedDms, DmEndpoint};
 use crate::local::LocalBlobAccess;
 use crate::properties::{Properties, PropertyBag};
@@ -16,11 +17,16 @@ const CLIENT_ID: &str = "AZURE_CLIENT_ID";
 const MAX_BLOBS: &str = "INGEST_MAX_BLOBS";
 const MAX_BODY_BYTES: &str = "INGEST_MAX_BODY_BYTES";
 const MAX_CONCURRENCY: &str = "INGEST_MAX_CONCURRENCY";
+const MAX_REQUESTS: &str = "INGEST_MAX_REQUESTS";
 const DEFAULT_PROPERTIES: &str = "INGEST_DEFAULT_PROPERTIES";
 const ROUTES: &str = "INGEST_ROUTES";
 const READ_BLOB_METADATA: &str = "INGEST_READ_BLOB_METADATA";
 const REQUEST_DEADLINE: &str = "INGEST_REQUEST_DEADLINE_SECONDS";
 const EVENT_DEADLINE: &str = "INGEST_EVENT_DEADLINE_SECONDS";
+const ALLOWED_TARGETS: &str = "INGEST_ALLOWED_TARGETS";
+const ALLOWED_BLOB_SOURCES: &str = "INGEST_ALLOWED_BLOB_SOURCES";
+const ALLOW_BLOB_CREDENTIALS: &str = "INGEST_ALLOW_BLOB_CREDENTIALS";
+const CALLER_ROLES: &str = "INGEST_CALLER_ROLES";
 /// An account or container SAS (`sv=…&sig=…`) for reading blob metadata from a loopback storage
 /// endpoint (Azurite); see [`crate::local`].
 const LOCAL_BLOB_SAS: &str = "INGEST_LOCAL_BLOB_SAS";
@@ -44,6 +50,8 @@ pub(crate) const DEFAULT_TOKEN_SCOPE: &str = "https://kusto.kusto.windows.net/.d
 pub(crate) const DEFAULT_MAX_BLOBS: usize = 5_000;
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_CONCURRENCY: usize = 64;
+/// As host.json's `extensions.http.maxConcurrentRequests`.
+pub(crate) const DEFAULT_MAX_REQUESTS: usize = 64;
 const DEFAULT_PORT: u16 = 3000;
 /// Well under the 230 s the Functions host gives an HTTP call (its front end's limit).
 const DEFAULT_REQUEST_DEADLINE: usize = 60;
@@ -61,8 +69,10 @@ pub struct Settings {
     pub(crate) client_id: Option<String>,
     pub(crate) max_blobs: usize,
     pub(crate) max_body_bytes: usize,
-    /// Queue posts in flight across all requests.
+    /// Queue posts in flight per DM, and blobs of one request in progress at once.
     pub(crate) max_concurrency: usize,
+    /// Requests in flight at once; more are answered 503 with Retry-After.
+    pub(crate) max_requests: usize,
     /// Ingestion properties applied under every request's own (`INGEST_DEFAULT_PROPERTIES`).
     pub(crate) default_properties: Properties,
     /// Event Grid routing rules.
@@ -75,6 +85,8 @@ pub struct Settings {
     pub(crate) request_deadline: Duration,
     /// How long a `BlobCreated` invocation may take.
     pub(crate) event_deadline: Duration,
+    /// Who may ingest what through `POST /api/ingest`.
+    pub(crate) authorization: Policy,
 }
 
 impl Settings {
@@ -107,6 +119,7 @@ impl Settings {
                 MAX_CONCURRENCY,
                 DEFAULT_MAX_CONCURRENCY,
             )?,
+            max_requests: positive(get(MAX_REQUESTS), MAX_REQUESTS, DEFAULT_MAX_REQUESTS)?,
             default_properties: default_properties(get(DEFAULT_PROPERTIES))?,
             routes: match get(ROUTES) {
                 None => RouteTable::default(),
@@ -120,6 +133,21 @@ impl Settings {
                 DEFAULT_REQUEST_DEADLINE,
             )?,
             event_deadline: seconds(get(EVENT_DEADLINE), EVENT_DEADLINE, DEFAULT_EVENT_DEADLINE)?,
+            authorization: Policy::parse(
+                Names {
+                    targets: ALLOWED_TARGETS,
+                    sources: ALLOWED_BLOB_SOURCES,
+                    credentials: ALLOW_BLOB_CREDENTIALS,
+                    roles: CALLER_ROLES,
+                },
+                get(ALLOWED_TARGETS).as_deref(),
+                get(ALLOWED_BLOB_SOURCES).as_deref(),
+                get(ALLOW_BLOB_CREDENTIALS)
+                    .map(|v| flag(Some(v), ALLOW_BLOB_CREDENTIALS))
+                    .transpose()?,
+                get(CALLER_ROLES).as_deref(),
+            )
+            .map_err(|(name, message)| bad(name, message))?,
         })
     }
 }

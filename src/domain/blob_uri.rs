@@ -91,6 +91,18 @@ impl BlobUri {
         &self.full[..self.public_len]
     }
 
+    /// `host[:port]/path`: the URI without scheme and credentials.
+    pub(crate) fn location(&self) -> &str {
+        let plain = self.without_credentials();
+        plain.split_once("://").map_or(plain, |(_, rest)| rest)
+    }
+
+    /// Whether the URI carries a Kusto `;` credential suffix (`;managed_identity=…`), which the
+    /// cluster resolves with its own identity.
+    pub(crate) fn has_credential_suffix(&self) -> bool {
+        self.full[self.public_len..].starts_with(';')
+    }
+
     pub(crate) fn host(&self) -> &str {
         &self.host
     }

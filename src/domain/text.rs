@@ -51,7 +51,9 @@ fn scrub_parameters(text: &str) -> String {
     {
         let value_start = start + name.len();
         let value_end = text[value_start..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '&' | '"' | '\'' | ')' | ',' | ';' | '<' | '>'))
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '&' | '"' | '\'' | ')' | ',' | ';' | '<' | '>')
+            })
             .map_or(text.len(), |i| value_start + i);
         out.push_str(&text[at..value_start]);
         if value_end > value_start {
@@ -189,7 +191,14 @@ mod tests {
     fn scrub_secrets_redacts_signatures_tokens_and_user_info_anywhere() {
         let text = "Storage said: sig=AbC%2Bdef&se=2030 and SIGNATURE=xyz; Authorization: Bearer abc.def             token eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJrIn0.c2lnbmF0dXJl at https://u:pw@host/p";
         let scrubbed = scrub_secrets(text);
-        for secret in ["AbC", "xyz", "abc.def", "eyJhbGciOiJSUzI1NiJ9", "c2lnbmF0dXJl", "pw@"] {
+        for secret in [
+            "AbC",
+            "xyz",
+            "abc.def",
+            "eyJhbGciOiJSUzI1NiJ9",
+            "c2lnbmF0dXJl",
+            "pw@",
+        ] {
             assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
         }
         assert!(scrubbed.contains("se=2030"), "{scrubbed}");

@@ -2,6 +2,7 @@
 //! REST error shape `{"error": {"code", "message", "target", "details"}}`. Per-blob failures
 //! ([`BlobFailure`]) are mapped here too.
 
+use crate::authorization::Denial;
 use crate::ingest::BlobFailure;
 use serde::Serialize;
 use std::time::Duration;
@@ -48,15 +49,23 @@ pub(crate) enum ApiError {
         max: usize,
     },
     DmNotAllowed(String),
+    /// The caller may not ingest this (see `authorization`).
+    Forbidden(Denial),
     NotFound,
+    /// The client stopped sending its body.
+    BodyTimeout(Duration),
+    /// As many requests as allowed are in flight already.
+    Busy,
 }
 
 impl ApiError {
     pub(crate) fn status(&self) -> u16 {
         match self {
             ApiError::InvalidJson(_) | ApiError::InvalidFields(_) => 400,
-            ApiError::DmNotAllowed(_) => 403,
+            ApiError::DmNotAllowed(_) | ApiError::Forbidden(_) => 403,
             ApiError::NotFound => 404,
+            ApiError::BodyTimeout(_) => 408,
+            ApiError::Busy => 503,
             ApiError::TooManyBlobs { .. } | ApiError::BodyTooLarge { .. } => 413,
         }
     }
@@ -108,7 +117,23 @@ impl ApiError {
                 ),
                 Some("dataManagementUri".to_owned()),
             ),
+            ApiError::Forbidden(denial) => {
+                ErrorDetail::new(denial.code, denial.message.clone(), denial.target.clone())
+            }
             ApiError::NotFound => ErrorDetail::new("NotFound", "No such route.", None),
+            ApiError::BodyTimeout(after) => ErrorDetail::new(
+                "RequestTimeout",
+                format!(
+                    "The request body stopped arriving: nothing came for {} s.",
+                    after.as_secs()
+                ),
+                None,
+            ),
+            ApiError::Busy => ErrorDetail::new(
+                "ServerBusy",
+                "The handler is serving as many requests as it allows (setting INGEST_MAX_REQUESTS); try again shortly.",
+                None,
+            ),
         }
     }
 
@@ -180,12 +205,16 @@ impl Reply {
     }
 }
 
+/// How long a caller is asked to wait when the handler is busy.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl From<ApiError> for Reply {
     fn from(error: ApiError) -> Self {
         let headline = error.headline();
+        let retry_after = matches!(error, ApiError::Busy).then_some(BUSY_RETRY_AFTER);
         Reply::json(
             error.status(),
-            None,
+            retry_after,
             &ErrorBody::new(&headline, error.details()),
         )
     }

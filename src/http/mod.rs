@@ -4,12 +4,16 @@
 mod errors;
 mod ingest_api;
 mod routes;
+mod server;
 
-pub(crate) use ingest_api::IngestApi;
+pub(crate) use ingest_api::{Incoming, IngestApi};
 pub(crate) use routes::routes;
+pub(crate) use server::serve;
 
 use crate::eventgrid::{BlobStore, Trigger};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What the routes call: the ingestion backend and the services of each trigger.
 pub(crate) struct Services<B> {
@@ -24,4 +28,13 @@ pub(crate) struct Services<B> {
     pub(crate) request_deadline: Duration,
     /// How long a `BlobCreated` invocation may take.
     pub(crate) event_deadline: Duration,
+    /// Requests (of every route but the readiness probe) in flight at once.
+    pub(crate) requests: Arc<Semaphore>,
+}
+
+impl<B> Services<B> {
+    /// A slot for one more request in flight, or `None` when all are taken.
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.requests.clone().try_acquire_owned().ok()
+    }
 }

@@ -1,64 +1,85 @@
 //! warp filters. Each route reads its body under the configured limit, calls one handler, and
 //! turns its `Reply` into an HTTP response; nothing else happens here.
 
-use super::Services;
 use super::errors::{ApiError, Reply};
+use super::{Incoming, Services};
 use crate::ingest::{Backend, Deadline};
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use warp::Filter;
 use warp::http::{Response, StatusCode, header};
+
+/// A client that sends nothing of its body for this long is answered 408.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn routes<B: Backend>(
     services: Arc<Services<B>>,
 ) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static
 {
-    let max_body = services.max_body_bytes;
     let with_services = warp::any().map(move || services.clone());
+    let body = warp::header::optional::<u64>("content-length").and(warp::body::stream());
 
     // The host polls `GET /` until it answers; any answer means ready.
     let ready = warp::get()
         .and(warp::path::end())
         .map(|| json_response(200, None, String::from("{\"status\":\"ready\"}")));
 
-    let ingest = warp::post()
-        .and(warp::path!("api" / "ingest"))
-        .and(with_services.clone())
-        .and(warp::body::stream())
-        .then(move |services: Arc<Services<B>>, body| async move {
-            let deadline = Deadline::after(services.request_deadline);
-            let reply = match read_limited(body, max_body).await {
-                Ok(bytes) => {
-                    services
-                        .ingest_api
-                        .handle(&services.backend, bytes, deadline)
-                        .await
-                }
-                Err(error) => error.into(),
-            };
-            to_response(reply)
-        });
+    let ingest =
+        warp::post()
+            .and(warp::path!("api" / "ingest"))
+            .and(with_services.clone())
+            .and(warp::header::optional::<String>("x-ms-client-principal"))
+            .and(body)
+            .then(
+                |services: Arc<Services<B>>,
+                 principal: Option<String>,
+                 length: Option<u64>,
+                 body| async move {
+                    let deadline = Deadline::after(services.request_deadline);
+                    let Some(_in_flight) = services.admit() else {
+                        return to_response(ApiError::Busy.into());
+                    };
+                    let reply = match read_limited(body, length, services.max_body_bytes).await {
+                        Ok(body) => {
+                            let request = Incoming { body, principal };
+                            services
+                                .ingest_api
+                                .handle(&services.backend, request, deadline)
+                                .await
+                        }
+                        Err(error) => error.into(),
+                    };
+                    to_response(reply)
+                },
+            );
 
     let blob_created = warp::post()
         .and(warp::path!("BlobCreated"))
         .and(with_services)
-        .and(warp::body::stream())
-        .then(move |services: Arc<Services<B>>, body| async move {
-            let deadline = Deadline::after(services.event_deadline);
-            let reply = match read_limited(body, max_body).await {
-                Ok(bytes) => {
-                    services
-                        .trigger
-                        .handle(&services.backend, &services.blob_store, &bytes, deadline)
-                        .await
-                }
-                // Redelivering an oversized event would fail the same way forever: acknowledge it.
-                Err(error) => crate::eventgrid::rejected(&error.headline().message),
-            };
-            json_response(reply.status, None, reply.body.to_string())
-        });
+        .and(body)
+        .then(
+            |services: Arc<Services<B>>, length: Option<u64>, body| async move {
+                let deadline = Deadline::after(services.event_deadline);
+                let Some(_in_flight) = services.admit() else {
+                    // Event Grid redelivers a failed invocation.
+                    return to_response(ApiError::Busy.into());
+                };
+                let reply = match read_limited(body, length, services.max_body_bytes).await {
+                    Ok(bytes) => {
+                        services
+                            .trigger
+                            .handle(&services.backend, &services.blob_store, &bytes, deadline)
+                            .await
+                    }
+                    // Redelivering an oversized event would fail the same way forever: acknowledge it.
+                    Err(error) => crate::eventgrid::rejected(&error.headline().message),
+                };
+                json_response(reply.status, None, reply.body.to_string())
+            },
+        );
 
     let not_found = warp::any().map(|| to_response(ApiError::NotFound.into()));
 
@@ -71,16 +92,36 @@ pub(crate) fn routes<B: Backend>(
         .unify()
 }
 
-/// Collects the body, refusing it as soon as it passes `max` bytes (with or without a
-/// Content-Length), so an oversized request costs at most `max` bytes of memory.
-async fn read_limited<S, B>(body: S, max: usize) -> Result<bytes::Bytes, ApiError>
+/// Collects the body, refusing it as soon as it passes `max` bytes (at once when its
+/// Content-Length says so), so an oversized request costs at most `max` bytes of memory, and
+/// giving up on a client that stops sending for [`BODY_IDLE_TIMEOUT`].
+async fn read_limited<S, B>(
+    body: S,
+    content_length: Option<u64>,
+    max: usize,
+) -> Result<bytes::Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    if content_length.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::BodyTooLarge { max });
+    }
     let mut body = std::pin::pin!(body);
-    let mut collected = BytesMut::new();
-    while let Some(chunk) = body.next().await {
+    // Reserved up front only as far as a typical body goes: the declared length is a claim.
+    let mut collected = BytesMut::with_capacity(
+        content_length
+            .map_or(0, |n| n as usize)
+            .min(max)
+            .min(1 << 20),
+    );
+    loop {
+        let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next())
+            .await
+            .map_err(|_| ApiError::BodyTimeout(BODY_IDLE_TIMEOUT))?;
+        let Some(chunk) = next else {
+            break;
+        };
         let mut chunk = chunk.map_err(|e| {
             ApiError::InvalidJson(format!("the request body could not be read: {e}"))
         })?;

@@ -247,9 +247,28 @@ impl TestApp {
     }
 
     pub async fn post_raw(&self, bytes: Vec<u8>, content_type: &str) -> Reply {
-        let resp = self
+        self.post_raw_with(bytes, content_type, &[]).await
+    }
+
+    /// `POST /api/ingest` with extra headers (those App Service Authentication adds, say).
+    pub async fn post_ingest_with(&self, body: &Value, headers: &[(&str, &str)]) -> Reply {
+        let bytes = serde_json::to_vec(body).expect("serialize");
+        self.post_raw_with(bytes, "application/json", headers).await
+    }
+
+    async fn post_raw_with(
+        &self,
+        bytes: Vec<u8>,
+        content_type: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut builder = self
             .client
-            .post(format!("{}/api/ingest?code={FUNCTION_KEY}", self.address))
+            .post(format!("{}/api/ingest?code={FUNCTION_KEY}", self.address));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let resp = builder
             .header(
                 "X-Azure-Functions-InvocationId",
                 uuid::Uuid::new_v4().to_string(),

@@ -253,6 +253,7 @@ impl DmEmulator {
             null_count: AtomicU64::new(0),
             busy_count: AtomicU64::new(0),
             started: Instant::now(),
+            trusted_issuers: Mutex::new(Vec::new()),
         });
 
         let rt = runtime.handle().clone();
@@ -510,6 +511,17 @@ impl DmEmulator {
     }
 
     /// Re-opens the DM listener on the same port.
+    /// Accepts the tokens `issuer`'s identity endpoint hands out too, as two DMs of one tenant
+    /// accept the same managed identity's tokens: a handler pointed at `issuer`'s identity
+    /// endpoint can then use this DM as a second, allowlisted one.
+    pub fn trust_tokens_of(&self, issuer: &DmEmulator) {
+        self.state
+            .trusted_issuers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(issuer.state.clone());
+    }
+
     pub fn start_dm(&self) -> Result<()> {
         self.faults.start_dm()
     }

@@ -2,6 +2,7 @@
 //! layout of the storage resources, issued tokens, request logs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -135,6 +136,9 @@ pub(crate) struct State {
     pub null_count: AtomicU64,
     pub busy_count: AtomicU64,
     pub started: Instant,
+    /// Other emulators whose identity endpoint's tokens this DM accepts too (a second DM of
+    /// the same "tenant", for tests that need two DMs behind one managed identity).
+    pub trusted_issuers: Mutex<Vec<Arc<State>>>,
 }
 
 impl State {
@@ -187,7 +191,13 @@ impl State {
         else {
             return Err("Authorization header is not a Bearer token".into());
         };
-        let issued = self.log().tokens.get(token.trim()).cloned();
+        let issued = self.log().tokens.get(token.trim()).cloned().or_else(|| {
+            self.trusted_issuers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find_map(|issuer| issuer.log().tokens.get(token.trim()).cloned())
+        });
         let Some(issued) = issued else {
             return Err("token was not issued by this emulator's identity endpoint".into());
         };

@@ -5,9 +5,17 @@ mod parse;
 mod results;
 
 use super::errors::{ApiError, ErrorDetail, Reply, nothing_queued};
+use crate::authorization::{Caller, Denial, Policy, Request};
 use crate::domain::AllowedDms;
-use crate::ingest::{Backend, BlobOutcome, Deadline};
+use crate::ingest::{Backend, BlobJob, BlobOutcome, Deadline};
 use crate::properties::Properties;
+
+/// One request as the route read it.
+pub(crate) struct Incoming {
+    pub(crate) body: bytes::Bytes,
+    /// `X-MS-CLIENT-PRINCIPAL`, set by App Service Authentication.
+    pub(crate) principal: Option<String>,
+}
 
 /// What the route needs besides the backend.
 pub(crate) struct IngestApi {
@@ -15,14 +23,21 @@ pub(crate) struct IngestApi {
     max_blobs: usize,
     /// `INGEST_DEFAULT_PROPERTIES`, under every request's own.
     defaults: Properties,
+    authorization: Policy,
 }
 
 impl IngestApi {
-    pub(crate) fn new(dms: AllowedDms, max_blobs: usize, defaults: Properties) -> Self {
+    pub(crate) fn new(
+        dms: AllowedDms,
+        max_blobs: usize,
+        defaults: Properties,
+        authorization: Policy,
+    ) -> Self {
         Self {
             dms,
             max_blobs,
             defaults,
+            authorization,
         }
     }
 
@@ -30,9 +45,10 @@ impl IngestApi {
     pub(crate) async fn handle<B: Backend>(
         &self,
         backend: &B,
-        body: bytes::Bytes,
+        request: Incoming,
         deadline: Deadline,
     ) -> Reply {
+        let Incoming { body, principal } = request;
         let parsed = parse::parse(&body, self.max_blobs, &self.defaults);
         drop(body);
         let request = match parsed {
@@ -46,6 +62,10 @@ impl IngestApi {
                 return error.into();
             }
         };
+        if let Err(denial) = self.authorize(principal.as_deref(), &request.jobs) {
+            tracing::warn!(code = denial.code, reason = %denial.message, "refused an ingest request");
+            return ApiError::Forbidden(denial).into();
+        }
         let dm = match self.dms.resolve(request.data_management_uri.as_deref()) {
             Ok(dm) => dm,
             Err(not_allowed) => {
@@ -83,5 +103,27 @@ impl IngestApi {
         };
         tracing::info!(dm = %dm, blobs = jobs.len(), queued, unknown, status, "ingest request done");
         results::reply(status, retry_after, &jobs, &outcomes, headline.as_ref())
+    }
+
+    /// Checks the caller may ingest every job, before the DM or a queue is asked anything.
+    fn authorize(&self, principal: Option<&str>, jobs: &[BlobJob]) -> Result<(), Denial> {
+        let caller = if self.authorization.needs_caller() {
+            Caller::from_principal(principal).map_err(|message| Denial {
+                code: "CallerNotAuthenticated",
+                message,
+                target: None,
+            })?
+        } else {
+            None
+        };
+        self.authorization.check(
+            caller.as_ref(),
+            jobs.iter().enumerate().map(|(index, job)| Request {
+                index,
+                database: &job.database,
+                table: &job.table,
+                blob: &job.blob,
+            }),
+        )
     }
 }

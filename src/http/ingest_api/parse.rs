@@ -6,7 +6,9 @@ use crate::domain::{BlobUri, DatabaseName, SourceId, TableName, json_kind};
 use crate::http::errors::{ApiError, ErrorDetail};
 use crate::ingest::BlobJob;
 use crate::properties::{IngestionSpec, Properties, PropertyBag, PropertyError};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A validated request.
@@ -15,6 +17,12 @@ pub(crate) struct IngestRequest {
     pub(crate) data_management_uri: Option<String>,
     pub(crate) jobs: Vec<BlobJob>,
 }
+
+/// The most JSON values an array or object field may hold. A queued ingestion message (64 KiB of
+/// base64, Azure Queue Storage's limit) carries the properties: at most 48 KiB of JSON, so at most
+/// ~24 Ki values of two bytes each. Counting values (not bytes) bounds the JSON tree a field can
+/// cost, while a long string, which costs no more parsed than raw, is left to the message check.
+const MAX_FIELD_VALUES: usize = 24 * 1024;
 
 /// Request-level fields that are ingestion properties, in the order they are applied.
 const REQUEST_PROPERTIES: &[&str] = &[
@@ -138,20 +146,10 @@ pub(crate) fn parse(
     max_blobs: usize,
     defaults: &Properties,
 ) -> Result<IngestRequest, ApiError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::InvalidFields(vec![ErrorDetail::new(
-            "InvalidField",
-            format!(
-                "The request body must be a JSON object, not {}.",
-                json_kind(&value)
-            ),
-            None,
-        )]));
-    };
+    let top = body_fields(body)?;
     let mut problems = Problems::default();
-    let blobs = blob_items(&obj, max_blobs, &mut problems)?;
+    let blobs = blob_items(top.get("blobs").copied(), max_blobs, &mut problems)?;
+    let obj = small_fields(&top, "", &mut problems);
     let destination = Destination {
         database: required_str(&obj, "database", "database", &mut problems)
             .and_then(|s| problems.parsed("database", DatabaseName::parse(s))),
@@ -169,10 +167,12 @@ pub(crate) fn parse(
             None
         }
     };
+    let idempotent = idempotent(&obj, &mut problems);
     // Most requests give properties only at request level: one spec then serves every blob.
     let base = request_properties(&obj, defaults, &mut problems).map(|properties| RequestLevel {
         spec: Arc::new(properties.spec()),
         properties,
+        idempotent,
     });
     let jobs = blobs
         .iter()
@@ -188,36 +188,146 @@ pub(crate) fn parse(
     })
 }
 
-/// The `blobs` array; an empty slice (problem recorded) when it is missing or not an array.
+/// The body's top-level fields, unparsed: the body is never turned into one JSON tree, which
+/// would cost ~25 times its size.
+fn body_fields(body: &[u8]) -> Result<BTreeMap<String, &RawValue>, ApiError> {
+    // Valid JSON first, so that a syntax error is reported as such.
+    let raw: &RawValue =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    raw_object(raw).ok_or_else(|| {
+        ApiError::InvalidFields(vec![ErrorDetail::new(
+            "InvalidField",
+            format!(
+                "The request body must be a JSON object, not {}.",
+                raw_kind(raw)
+            ),
+            None,
+        )])
+    })
+}
+
+/// The fields of a JSON object, unparsed; `None` when `raw` is not an object.
+fn raw_object(raw: &RawValue) -> Option<BTreeMap<String, &RawValue>> {
+    (raw_kind(raw) == "an object")
+        .then(|| serde_json::from_str(raw.get()).ok())
+        .flatten()
+}
+
+/// How a JSON value is named in messages, from its first character.
+fn raw_kind(raw: &RawValue) -> &'static str {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// Fields of one object (the body's, or a blob's) as JSON values, except `blobs`. An array or
+/// object with more values than a queue message can hold can never be queued: it is refused
+/// unparsed, so no field's JSON tree grows beyond [`MAX_FIELD_VALUES`] values.
+fn small_fields(
+    fields: &BTreeMap<String, &RawValue>,
+    prefix: &str,
+    problems: &mut Problems,
+) -> Map<String, Value> {
+    let mut small = Map::new();
+    for (key, raw) in fields {
+        if key == "blobs" && prefix.is_empty() {
+            continue;
+        }
+        let target = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if count_values(raw.get()).0 > MAX_FIELD_VALUES {
+            problems.invalid(
+                &target,
+                format!(
+                    "holds more than {MAX_FIELD_VALUES} JSON values; an ingestion message could never carry them"
+                ),
+            );
+            continue;
+        }
+        match serde_json::from_str(raw.get()) {
+            Ok(value) => {
+                small.insert(key.clone(), value);
+            }
+            Err(error) => problems.invalid(&target, error.to_string()),
+        }
+    }
+    small
+}
+
+/// How many values the JSON text `raw` holds, in all (an empty array or object counts one too
+/// many) and as direct items of the outermost array or object: counted by the separators and
+/// brackets outside strings, without parsing.
+fn count_values(raw: &str) -> (usize, usize) {
+    let raw = raw.trim();
+    let (mut all, mut items, mut depth) = (1usize, 0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in raw.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                all += 1;
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => {
+                all += 1;
+                if depth == 1 {
+                    items += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let empty = raw.len() <= 2 || raw[1..raw.len() - 1].trim().is_empty();
+    (all, if empty { 0 } else { items + 1 })
+}
+
+/// The `blobs` array, each element unparsed; empty (problem recorded) when it is missing or not
+/// an array.
 fn blob_items<'a>(
-    obj: &'a Map<String, Value>,
+    raw: Option<&'a RawValue>,
     max_blobs: usize,
     problems: &mut Problems,
-) -> Result<&'a [Value], ApiError> {
-    Ok(match obj.get("blobs") {
-        None | Some(Value::Null) => {
-            problems.missing("blobs");
-            &[]
-        }
-        Some(Value::Array(items)) if items.is_empty() => {
-            problems.invalid("blobs", "must list at least one blob");
-            &[]
-        }
-        Some(Value::Array(items)) if items.len() > max_blobs => {
-            return Err(ApiError::TooManyBlobs {
-                count: items.len(),
-                max: max_blobs,
-            });
-        }
-        Some(Value::Array(items)) => items.as_slice(),
-        Some(other) => {
-            problems.invalid(
-                "blobs",
-                format!("must be an array, not {}", json_kind(other)),
-            );
-            &[]
-        }
-    })
+) -> Result<Vec<&'a RawValue>, ApiError> {
+    let Some(raw) = raw.filter(|raw| raw_kind(raw) != "null") else {
+        problems.missing("blobs");
+        return Ok(Vec::new());
+    };
+    if raw_kind(raw) != "an array" {
+        problems.invalid("blobs", format!("must be an array, not {}", raw_kind(raw)));
+        return Ok(Vec::new());
+    }
+    // Counted before anything is allocated per item.
+    let count = count_values(raw.get()).1;
+    if count > max_blobs {
+        return Err(ApiError::TooManyBlobs {
+            count,
+            max: max_blobs,
+        });
+    }
+    let items: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if items.is_empty() {
+        problems.invalid("blobs", "must list at least one blob");
+    }
+    Ok(items)
 }
 
 /// Where every blob of the request goes; `None` parts are invalid (recorded).
@@ -226,10 +336,27 @@ struct Destination {
     table: Option<TableName>,
 }
 
-/// The request's own properties, and the spec of a blob that adds none.
+/// The request's own properties, the spec of a blob that adds none, and whether each blob is to
+/// be ingested at most once.
 struct RequestLevel {
     properties: Properties,
     spec: Arc<IngestionSpec>,
+    idempotent: bool,
+}
+
+/// `"idempotent": true`: every blob carries the caller's `sourceId`, and Kusto ingests a blob with
+/// a given source id once (an `ingest-by:` tag with `ingestIfNotExists`).
+fn idempotent(obj: &Map<String, Value>, problems: &mut Problems) -> bool {
+    match obj.get("idempotent") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
+        Some(_) => {
+            problems.invalid("idempotent", "must be true or false");
+            false
+        }
+    }
 }
 
 /// The properties every blob starts from: the settings' defaults, then the request's
@@ -261,24 +388,33 @@ fn request_properties(
 /// One element of `blobs`; `None` when anything about it (or the request) is invalid.
 fn parse_blob(
     i: usize,
-    item: &Value,
+    item: &RawValue,
     destination: &Destination,
     base: Option<&RequestLevel>,
     problems: &mut Problems,
 ) -> Option<BlobJob> {
     let at = format!("blobs[{i}]");
-    let Value::Object(blob) = item else {
+    let Some(fields) = raw_object(item) else {
         problems.invalid(
             &at,
-            format!("must be an object with a blobUri, not {}", json_kind(item)),
+            format!("must be an object with a blobUri, not {}", raw_kind(item)),
         );
         return None;
     };
+    let blob = &small_fields(&fields, &at, problems);
     let uri_target = format!("{at}.blobUri");
     let uri = required_str(blob, "blobUri", &uri_target, problems)
         .and_then(|s| problems.parsed(&uri_target, BlobUri::parse(s)));
     let source_target = format!("{at}.sourceId");
+    let idempotent = base.is_some_and(|b| b.idempotent);
     let source_id = match blob.get("sourceId") {
+        None | Some(Value::Null) if idempotent => {
+            problems.invalid(
+                &source_target,
+                "is required when \"idempotent\" is true: send the blob again with the same sourceId and Kusto ingests it once",
+            );
+            None
+        }
         None | Some(Value::Null) => Some(SourceId::new_random()),
         Some(Value::String(s)) => problems.parsed(&source_target, SourceId::parse(s)),
         Some(other) => {
@@ -300,10 +436,11 @@ fn parse_blob(
         &format!("{at}.additionalProperties"),
         problems,
     );
-    let spec = blob_spec(base?, own?);
+    let source_id = source_id?;
+    let spec = blob_spec(base?, own?, idempotent.then_some(source_id));
     Some(BlobJob {
         blob: uri?,
-        source_id: source_id?,
+        source_id,
         raw_data_size: size,
         database: destination.database.clone()?,
         table: destination.table.clone()?,
@@ -311,13 +448,17 @@ fn parse_blob(
     })
 }
 
-/// The request's spec, or the blob's own properties layered over the request's.
-fn blob_spec(base: &RequestLevel, own: Properties) -> Arc<IngestionSpec> {
-    if own.is_empty() {
+/// The request's spec, or the blob's own properties layered over the request's; tagged to be
+/// ingested once under `once` when the request is idempotent.
+fn blob_spec(base: &RequestLevel, own: Properties, once: Option<SourceId>) -> Arc<IngestionSpec> {
+    if own.is_empty() && once.is_none() {
         return base.spec.clone();
     }
     let mut merged = base.properties.clone();
     merged.overlay(&own);
+    if let Some(source_id) = once {
+        merged.ingest_once(&source_id.to_string());
+    }
     Arc::new(merged.spec())
 }
 
@@ -458,6 +599,68 @@ mod tests {
             // Whatever the damage, parsing answers (Ok only if the JSON still means a valid request).
             let _ = parse(&mangled, 10, &Properties::default());
         }
+    }
+
+    #[test]
+    fn values_are_counted_without_parsing() {
+        assert_eq!(count_values("[]"), (2, 0));
+        assert_eq!(count_values(" [ ] "), (2, 0));
+        assert_eq!(count_values("[1, 2, 3]"), (4, 3));
+        assert_eq!(count_values(r#"[{"a": [1, 2]}, "x,[{", 3]"#), (7, 3));
+        assert_eq!(count_values(r#"{"a": "\"[", "b": 1}"#), (3, 2));
+        assert_eq!(count_values("7"), (1, 0));
+    }
+
+    #[test]
+    fn a_field_of_many_tiny_values_is_refused_unparsed() {
+        let tiny = format!("[{}1]", "1,".repeat(MAX_FIELD_VALUES));
+        let body = format!(
+            r#"{{"database": "d", "table": "t", "junk": {tiny}, "blobs": [{{"blobUri": "https://a.blob.core.windows.net/c/1"}}]}}"#
+        );
+        assert_eq!(
+            targets(parse(body.as_bytes(), 10, &Properties::default()).unwrap_err()),
+            vec!["junk"]
+        );
+        let many = format!(
+            r#"{{"database": "d", "table": "t", "blobs": [{}1]}}"#,
+            "1,".repeat(20)
+        );
+        assert!(matches!(
+            parse(many.as_bytes(), 10, &Properties::default()),
+            Err(ApiError::TooManyBlobs { count: 21, max: 10 })
+        ));
+    }
+
+    #[test]
+    fn idempotent_requests_need_a_source_id_and_tag_each_blob() {
+        let e = parse_json(
+            json!({"database": "d", "table": "t", "idempotent": true, "blobs": [
+            {"blobUri": "https://a.blob.core.windows.net/c/1"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(targets(e), vec!["blobs[0].sourceId"]);
+        let req = parse_json(json!({"database": "d", "table": "t", "idempotent": true, "tags": ["x"], "blobs": [
+            {"blobUri": "https://a.blob.core.windows.net/c/1", "sourceId": "11111111-2222-4333-8444-555555555555"}]}))
+        .unwrap();
+        let extra: Map<String, Value> = req.jobs[0].spec.additional.iter().cloned().collect();
+        assert_eq!(
+            extra["tags"],
+            json!("[\"x\",\"ingest-by:11111111-2222-4333-8444-555555555555\"]")
+        );
+        assert_eq!(
+            extra["ingestIfNotExists"],
+            json!("[\"11111111-2222-4333-8444-555555555555\"]")
+        );
+        assert_eq!(
+            targets(
+                parse_json(
+                    json!({"database": "d", "table": "t", "idempotent": 1, "blobs": [
+                {"blobUri": "https://a.blob.core.windows.net/c/1"}]})
+                )
+                .unwrap_err()
+            ),
+            vec!["idempotent"]
+        );
     }
 
     #[test]
