@@ -66,19 +66,14 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
     )
     .map_err(StartupError::Identity)?;
     let dm_client = Arc::new(DmClient::new(
-        http,
+        http.clone(),
         identity.clone(),
         settings.token_scope,
         RetryPolicy::default(),
     ));
     let default_dm = settings.dms.default_dm().clone();
     Ok(Services {
-        backend: QueuedBackend::new(
-            &settings.dms,
-            dm_client,
-            transport.clone(),
-            settings.max_concurrency,
-        ),
+        backend: QueuedBackend::new(&settings.dms, dm_client, http, settings.max_concurrency),
         ingest_api: IngestApi::new(
             settings.dms,
             settings.max_blobs,

@@ -6,7 +6,6 @@ use super::pool::QueuePool;
 use super::resources::IngestionResources;
 use crate::dm::{DmClient, DmError};
 use crate::domain::DmEndpoint;
-use azure_core::http::Transport;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -93,8 +92,8 @@ impl SasRefetchLimit {
 pub(super) struct ResourceCache {
     dm: DmEndpoint,
     client: Arc<DmClient>,
-    /// The process's HTTP client, for the queue clients of every snapshot.
-    transport: Transport,
+    /// The process's HTTP client, for the queue posts of every snapshot.
+    http: reqwest::Client,
     current: RwLock<Option<Arc<Snapshot>>>,
     last_failure: RwLock<Option<Failure>>,
     /// The generation a queue reported as unauthorized (403): it is refreshed on next use, unless
@@ -108,11 +107,11 @@ pub(super) struct ResourceCache {
 }
 
 impl ResourceCache {
-    pub(super) fn new(dm: DmEndpoint, client: Arc<DmClient>, transport: Transport) -> Self {
+    pub(super) fn new(dm: DmEndpoint, client: Arc<DmClient>, http: reqwest::Client) -> Self {
         Self {
             dm,
             client,
-            transport,
+            http,
             current: RwLock::new(None),
             last_failure: RwLock::new(None),
             invalidated: AtomicU64::new(0),
@@ -233,7 +232,7 @@ impl ResourceCache {
         );
         let built = resources.and_then(|resources| {
             let token = token?;
-            let pool = QueuePool::new(&resources.queues, &self.transport).map_err(|reason| {
+            let pool = QueuePool::new(&resources.queues, &self.http).map_err(|reason| {
                 DmError::InvalidResponse {
                     endpoint: self.dm.to_string(),
                     reason,

@@ -98,13 +98,28 @@ impl IngestionMessage<'_> {
     }
 
     /// The queue message text: base64 of the UTF-8 JSON, checked against the queue's size limit.
-    pub(crate) fn encode(&self) -> Result<String, EncodeError> {
+    pub(crate) fn encode(&self) -> Result<QueueText, EncodeError> {
         let json = self.to_json()?;
         let size = base64::encoded_len(json.len(), true).unwrap_or(usize::MAX);
         if size > MAX_ENCODED_MESSAGE {
             return Err(EncodeError::TooLarge { size });
         }
-        Ok(base64::engine::general_purpose::STANDARD.encode(json))
+        Ok(QueueText::encode(&json))
+    }
+}
+
+/// The text of one queue message: base64, so it goes into the Put Message XML body as it is, with
+/// nothing to escape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueText(String);
+
+impl QueueText {
+    pub(crate) fn encode(bytes: &[u8]) -> Self {
+        Self(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -170,7 +185,7 @@ mod tests {
             )
         );
         assert_eq!(
-            decode(&msg.encode().unwrap()),
+            decode(msg.encode().unwrap().as_str()),
             serde_json::from_str::<Value>(&json).unwrap()
         );
     }
@@ -195,7 +210,11 @@ mod tests {
                 authorization_context: &auth,
                 created_at: "t",
             };
-            assert!(decode(&msg.encode().unwrap()).get("RawDataSize").is_none());
+            assert!(
+                decode(msg.encode().unwrap().as_str())
+                    .get("RawDataSize")
+                    .is_none()
+            );
         }
     }
 

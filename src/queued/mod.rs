@@ -13,7 +13,6 @@ mod sender;
 use crate::dm::{DmClient, DmError};
 use crate::domain::{AllowedDms, DmEndpoint};
 use crate::ingest::{Backend, BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode};
-use azure_core::http::Transport;
 use cache::ResourceCache;
 use futures::StreamExt;
 use sender::DmQueues;
@@ -33,13 +32,13 @@ impl QueuedBackend {
     pub(crate) fn new(
         allowed: &AllowedDms,
         client: Arc<DmClient>,
-        transport: Transport,
+        http: reqwest::Client,
         max_concurrency: usize,
     ) -> Self {
         let dms = allowed
             .iter()
             .map(|dm| {
-                let cache = ResourceCache::new(dm.clone(), client.clone(), transport.clone());
+                let cache = ResourceCache::new(dm.clone(), client.clone(), http.clone());
                 (dm.clone(), DmQueues::new(cache, max_concurrency))
             })
             .collect();

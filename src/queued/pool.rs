@@ -1,22 +1,40 @@
-//! The queues of one resource snapshot and their clients: which queues to try for a message (the
-//! healthiest storage accounts first, round-robin within a tier, at most three distinct queues, as
-//! the SDKs do) and one Put Message.
+//! The queues of one resource snapshot: which queues to try for a message (the healthiest storage
+//! accounts first, round-robin within a tier, at most three distinct queues, as the SDKs do) and
+//! one Put Message.
+//!
+//! A post is the request `azure_storage_queue`'s `QueueClient::send_message` sends (same URL, body
+//! bytes, `x-ms-version`, content headers; the unit tests compare with the SDK), written straight
+//! to the shared `reqwest::Client`. Measured (BENCHMARKS.md), the SDK's per-message pipeline — URL
+//! re-parsing, policy chain, XML serializer, response header maps, a `getrandom` call — cost more
+//! CPU than everything else the handler does for a blob; our message text is base64, so the body
+//! needs no XML escaping and is three string pieces.
 
+use super::message::QueueText;
 use super::ranking::{AccountRanking, TIERS};
 use super::resources::QueueResource;
-use crate::domain::describe_error;
+use crate::domain::scrub_secrets;
 use crate::ingest::Deadline;
-use azure_core::error::ErrorKind;
-use azure_core::http::{RequestContent, Transport, XmlFormat};
-use azure_storage_queue::models::QueueMessage;
-use azure_storage_queue::{QueueClient, QueueClientOptions};
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use url::Url;
 
 /// A message is tried on at most this many distinct queues, as the SDKs do.
 pub(crate) const MAX_QUEUE_ATTEMPTS: usize = 3;
 /// One Put Message should take milliseconds; a stuck connection must not hold a blob for minutes.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The storage service version `azure_storage_queue` 1.1 sends (a unit test keeps them equal).
+const STORAGE_VERSION: &str = "2026-04-06";
+const X_MS_VERSION: HeaderName = HeaderName::from_static("x-ms-version");
+const X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
+const X_MS_ERROR_CODE: &str = "x-ms-error-code";
+const APPLICATION_XML: HeaderValue = HeaderValue::from_static("application/xml");
+const QUEUE_USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("kusto-ingest-api/", env!("CARGO_PKG_VERSION")));
+/// What the SDK's XML serializer writes around a message text that needs no escaping.
+const BODY_HEAD: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?><QueueMessage><MessageText>";
+const BODY_TAIL: &str = "</MessageText></QueueMessage>";
 
 /// Why one post to one queue failed.
 #[derive(Debug, Clone)]
@@ -44,13 +62,16 @@ impl PostError {
 
 struct Target {
     resource: QueueResource,
-    client: QueueClient,
+    /// `{queue}/messages?{sas}`, built once.
+    put_url: Url,
     /// Queue URL without its SAS, for logs.
     redacted: String,
 }
 
-/// The queues of one resource snapshot, with their clients.
+/// The queues of one resource snapshot.
 pub(crate) struct QueuePool {
+    /// The process's HTTP client (see `transport`).
+    http: reqwest::Client,
     targets: Vec<Target>,
     /// Indices into `targets`, interleaved across accounts (a1q1, a2q1, a1q2, …) so consecutive
     /// picks, and so retries, land on different accounts.
@@ -62,25 +83,21 @@ pub(crate) struct QueuePool {
 }
 
 impl QueuePool {
-    pub(crate) fn new(resources: &[QueueResource], transport: &Transport) -> Result<Self, String> {
+    pub(crate) fn new(resources: &[QueueResource], http: &reqwest::Client) -> Result<Self, String> {
         let mut targets = Vec::with_capacity(resources.len());
         for resource in resources {
-            // Retrying is ours to do, on a different queue.
-            let options = QueueClientOptions {
-                client_options: crate::transport::sdk_options(transport),
-                ..QueueClientOptions::default()
-            };
-            let client =
-                QueueClient::new(resource.url.clone(), None, Some(options)).map_err(|e| {
-                    format!(
-                        "queue {}: {}",
-                        resource.redacted(),
-                        crate::domain::scrub_secrets(&e.to_string())
-                    )
-                })?;
+            if resource.url.cannot_be_a_base() {
+                return Err(format!(
+                    "queue {}: not a valid base URL",
+                    resource.redacted()
+                ));
+            }
+            let mut put_url = resource.url.clone();
+            let path = format!("{}/messages", put_url.path().trim_end_matches('/'));
+            put_url.set_path(&path);
             targets.push(Target {
                 resource: resource.clone(),
-                client,
+                put_url,
                 redacted: resource.redacted(),
             });
         }
@@ -109,6 +126,7 @@ impl QueuePool {
             })
             .collect();
         Ok(Self {
+            http: http.clone(),
             targets,
             interleaved,
             accounts: by_account.into_iter().map(|(a, _)| a).collect(),
@@ -145,60 +163,94 @@ impl QueuePool {
         &self.targets[index].redacted
     }
 
-    /// One Put Message, answered by `deadline` at the latest.
+    /// One Put Message, answered by `deadline` at the latest; 201 is success, as for
+    /// `send_message`. No retries: another queue is the retry.
     pub(crate) async fn post(
         &self,
         index: usize,
-        text: String,
+        text: &QueueText,
         deadline: Deadline,
     ) -> Result<(), PostError> {
-        let target = &self.targets[index];
-        let content: RequestContent<QueueMessage, XmlFormat> = QueueMessage {
-            message_text: Some(text),
-        }
-        .try_into()
-        .map_err(|e: azure_core::Error| {
-            PostError::Rejected(format!("cannot serialize the queue message: {e}"))
-        })?;
+        let request = self
+            .http
+            .post(self.targets[index].put_url.clone())
+            .header(ACCEPT, APPLICATION_XML)
+            .header(CONTENT_TYPE, APPLICATION_XML)
+            .header(X_MS_VERSION, HeaderValue::from_static(STORAGE_VERSION))
+            .header(X_MS_CLIENT_REQUEST_ID, client_request_id())
+            .header(USER_AGENT, QUEUE_USER_AGENT)
+            .body(put_message_body(text));
+        let exchange = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let code = response
+                .headers()
+                .get(X_MS_ERROR_CODE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // Read to the end so the connection goes back to the pool; the message is stored
+            // whatever happens to the rest of a 201.
+            let _ = response.bytes().await;
+            Ok::<_, reqwest::Error>((status, code))
+        };
         let timeout = deadline.cap(POST_TIMEOUT);
-        let sent = tokio::time::timeout(timeout, target.client.send_message(content, None)).await;
-        match sent {
+        match tokio::time::timeout(timeout, exchange).await {
             // The message may be on the wire or already stored.
             Err(_) => Err(PostError::Unknown(format!(
                 "no answer within {:.1} s",
                 timeout.as_secs_f64()
             ))),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(classify(&error)),
+            Ok(Ok((201, _))) => Ok(()),
+            Ok(Ok((status, code))) => Err(classify(status, code.as_deref().unwrap_or(""))),
+            // The URL carries the SAS.
+            Ok(Err(error)) => {
+                let connect = error.is_connect();
+                let text = scrub_secrets(&crate::domain::describe_error(&error.without_url()));
+                // A connection never made sent nothing; anything later may have come after the
+                // queue stored the message.
+                if connect {
+                    Err(PostError::Unavailable(text))
+                } else {
+                    Err(PostError::Unknown(text))
+                }
+            }
         }
     }
 }
 
-fn classify(error: &azure_core::Error) -> PostError {
-    match error.kind() {
-        ErrorKind::HttpResponse {
-            status, error_code, ..
-        } => {
-            let status = u16::from(*status);
-            let code = error_code.as_deref().unwrap_or("");
-            let message = if code.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                format!("HTTP {status} {code}")
-            };
-            match (status, code) {
-                (403, _) => PostError::AuthenticationFailed(message),
-                (413, _) | (400, "MessageTooLarge") | (400, "RequestBodyTooLarge") => {
-                    PostError::Rejected(message)
-                }
-                _ => PostError::Unavailable(message),
-            }
+/// The Put Message body for `text`: base64 needs no escaping, so the SDK's serializer would write
+/// exactly these three pieces.
+fn put_message_body(text: &QueueText) -> Bytes {
+    let text = text.as_str();
+    let mut body = Vec::with_capacity(BODY_HEAD.len() + text.len() + BODY_TAIL.len());
+    body.extend_from_slice(BODY_HEAD.as_bytes());
+    body.extend_from_slice(text.as_bytes());
+    body.extend_from_slice(BODY_TAIL.as_bytes());
+    Bytes::from(body)
+}
+
+/// A random (v4) `x-ms-client-request-id`, as the SDK sends, from the thread's RNG rather than a
+/// `getrandom` system call per message.
+fn client_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = id.hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A failed answer (anything but 201), by status and `x-ms-error-code`.
+fn classify(status: u16, code: &str) -> PostError {
+    let message = if code.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status} {}", crate::domain::clip(code))
+    };
+    match (status, code) {
+        (403, _) => PostError::AuthenticationFailed(message),
+        (413, _) | (400, "MessageTooLarge") | (400, "RequestBodyTooLarge") => {
+            PostError::Rejected(message)
         }
-        // The connection was never made: nothing was sent.
-        ErrorKind::Connection => PostError::Unavailable(describe_error(error)),
-        // Anything after the connection was made (a reset, a closed connection) may have come
-        // after the queue stored the message.
-        _ => PostError::Unknown(describe_error(error)),
+        _ => PostError::Unavailable(message),
     }
 }
 
@@ -206,8 +258,8 @@ fn classify(error: &azure_core::Error) -> PostError {
 mod tests {
     use super::*;
 
-    fn test_transport() -> Transport {
-        crate::transport::azure_transport(&crate::transport::http_client().unwrap())
+    fn test_transport() -> reqwest::Client {
+        crate::transport::http_client().unwrap()
     }
 
     fn resources(spec: &[(&str, &str)]) -> Vec<QueueResource> {
@@ -259,5 +311,80 @@ mod tests {
             assert_eq!(pool.account(c[0]), "b");
             assert_eq!(c.len(), 2, "only two distinct queues exist");
         }
+    }
+
+    /// The body as `send_message` gets it from the SDK's serializer.
+    fn sdk_body(text: &str) -> Bytes {
+        use azure_core::http::{RequestContent, XmlFormat};
+        use azure_storage_queue::models::QueueMessage;
+        let content: RequestContent<QueueMessage, XmlFormat> = QueueMessage {
+            message_text: Some(text.to_owned()),
+        }
+        .try_into()
+        .unwrap();
+        match content.body() {
+            azure_core::http::Body::Bytes(bytes) => bytes.clone(),
+            _ => unreachable!("the XML serializer gives bytes"),
+        }
+    }
+
+    #[test]
+    fn body_bytes_and_version_are_the_sdks() {
+        // (An empty text, which a message never is, is written `<MessageText/>` by the SDK.)
+        for json in [
+            "{}",
+            "{\"BlobPath\":\"https://a.blob.core.windows.net/c/b.csv\"}",
+            "é ü 日本 \u{1F600}",
+        ] {
+            let text = QueueText::encode(json.as_bytes());
+            assert_eq!(put_message_body(&text), sdk_body(text.as_str()), "{json:?}");
+        }
+        assert_eq!(
+            STORAGE_VERSION,
+            azure_storage_queue::QueueClientOptions::default().version
+        );
+    }
+
+    #[test]
+    fn put_url_is_the_queue_url_plus_messages() {
+        let queues = resources(&[("a", "q1")]);
+        let pool = QueuePool::new(&queues, &test_transport()).unwrap();
+        assert_eq!(
+            pool.targets[0].put_url.as_str(),
+            "https://a.queue.core.windows.net/q1/messages?sig=s"
+        );
+    }
+
+    #[test]
+    fn answers_are_classified_like_the_sdks_errors() {
+        assert!(matches!(
+            classify(403, "AuthenticationFailed"),
+            PostError::AuthenticationFailed(m) if m == "HTTP 403 AuthenticationFailed"
+        ));
+        assert!(matches!(classify(413, ""), PostError::Rejected(m) if m == "HTTP 413"));
+        assert!(matches!(
+            classify(400, "MessageTooLarge"),
+            PostError::Rejected(_)
+        ));
+        assert!(matches!(
+            classify(400, "RequestBodyTooLarge"),
+            PostError::Rejected(_)
+        ));
+        assert!(matches!(
+            classify(400, "InvalidXmlDocument"),
+            PostError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(503, "ServerBusy"),
+            PostError::Unavailable(m) if m == "HTTP 503 ServerBusy"
+        ));
+    }
+
+    #[test]
+    fn client_request_ids_are_random_v4_uuids() {
+        let (a, b) = (client_request_id(), client_request_id());
+        assert_ne!(a, b);
+        let id = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        assert_eq!(id.get_version_num(), 4);
     }
 }

@@ -13,7 +13,7 @@
 //!   `Unknown`, never `Failed`.
 
 use super::cache::{RefetchError, ResourceCache, Snapshot};
-use super::message::{EncodeError, IngestionMessage};
+use super::message::{EncodeError, IngestionMessage, QueueText};
 use super::pool::PostError;
 use super::ranking::AccountRanking;
 use crate::dm::DmError;
@@ -186,7 +186,7 @@ impl DmQueues {
         &self,
         snapshot: &Snapshot,
         delivery: &mut Delivery<'_>,
-        text: String,
+        text: QueueText,
     ) -> Result<(), PostError> {
         let job = delivery.job;
         let pool = &snapshot.pool;
@@ -196,7 +196,7 @@ impl DmQueues {
                 break;
             }
             let account = pool.account(index);
-            let error = match pool.post(index, text.clone(), delivery.deadline).await {
+            let error = match pool.post(index, &text, delivery.deadline).await {
                 Ok(()) => {
                     self.ranking.record(account, true);
                     tracing::debug!(blob = %job.blob, source_id = %job.source_id, database = %job.database, table = %job.table, queue_account = account, "queued");
