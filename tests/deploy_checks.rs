@@ -1407,3 +1407,42 @@ fn package_script_builds_the_layout_the_host_expects() {
 
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn entra_authentication_is_switched_by_its_parameter_and_spares_event_grid() {
+    let t = template();
+    assert_eq!(t["parameters"]["entraAuthClientId"]["defaultValue"], "");
+    let auth: Vec<&Value> = of_type(&t, "Microsoft.Web/sites/config")
+        .into_iter()
+        .filter(|r| r["name"].as_str().unwrap_or("").contains("authsettingsV2"))
+        .collect();
+    assert_eq!(auth.len(), 1, "one authsettingsV2 resource");
+    let auth = auth[0];
+    assert_eq!(
+        auth["condition"],
+        "[not(empty(parameters('entraAuthClientId')))]",
+        "off unless a client id is given"
+    );
+    let props = &auth["properties"];
+    assert_eq!(props["platform"]["enabled"], true);
+    assert_eq!(props["globalValidation"]["requireAuthentication"], true);
+    assert_eq!(props["globalValidation"]["unauthenticatedClientAction"], "Return401");
+    let excluded = props["globalValidation"]["excludedPaths"]
+        .as_array()
+        .expect("excludedPaths");
+    assert!(
+        excluded.iter().any(|p| p == "/runtime/webhooks/eventgrid"),
+        "Event Grid delivers with the system key, not an Entra token"
+    );
+    let aad = &props["identityProviders"]["azureActiveDirectory"];
+    assert_eq!(aad["registration"]["clientId"], "[parameters('entraAuthClientId')]");
+    let site = one_of_type(&t, "Microsoft.Web/sites");
+    let settings = app_settings(site);
+    for name in [
+        "INGEST_ALLOWED_TARGETS",
+        "INGEST_ALLOWED_BLOB_SOURCES",
+        "INGEST_CALLER_ROLES",
+    ] {
+        assert!(settings.contains_key(name), "{name} is an app setting");
+    }
+}
