@@ -242,59 +242,77 @@ impl ResourceCache {
         });
         match built {
             Ok((resources, authorization_context, pool)) => {
-                let now = Instant::now();
-                let sas_left = resources
-                    .sas_expiry()
-                    .map(|expiry| {
-                        let secs = (expiry - OffsetDateTime::now_utc())
-                            .whole_milliseconds()
-                            .max(0) as u64;
-                        Duration::from_millis(secs)
-                    })
-                    .unwrap_or(Duration::from_secs(12 * 3600));
-                let usable_for = sas_left.saturating_sub(SAS_SAFETY_MARGIN.min(sas_left / 2));
-                let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
-                let snapshot = Arc::new(Snapshot {
-                    generation,
-                    pool,
-                    authorization_context,
-                    // Refresh well before the SAS expires even when it is short-lived.
-                    refresh_at: now + REFRESH_AFTER.min(usable_for / 2),
-                    usable_until: now + usable_for,
-                });
-                tracing::info!(
-                    dm = %self.dm,
-                    generation,
-                    queues = resources.queues.len(),
-                    other_resources = resources.other_resources,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "fetched ingestion resources and identity token"
-                );
-                if let Ok(mut current) = self.current.write() {
-                    *current = Some(snapshot.clone());
-                }
-                if let Ok(mut failure) = self.last_failure.write() {
-                    *failure = None;
-                }
-                Ok(snapshot)
+                Ok(self.install(&resources, authorization_context, pool, started))
             }
-            Err(error) => {
-                if let Ok(mut failure) = self.last_failure.write() {
-                    *failure = Some(Failure {
-                        at: Instant::now(),
-                        error: error.clone(),
-                    });
-                }
-                match previous {
-                    Some(stale) if stale.usable(Instant::now()) => {
-                        tracing::warn!(dm = %self.dm, generation = stale.generation, %error, "refreshing ingestion resources failed; serving the cached copy while its SAS is valid");
-                        Ok(stale)
-                    }
-                    _ => {
-                        tracing::error!(dm = %self.dm, %error, "cannot get ingestion resources");
-                        Err(error)
-                    }
-                }
+            Err(error) => self.fail(error, previous),
+        }
+    }
+
+    /// Makes a fresh fetch the current snapshot.
+    fn install(
+        &self,
+        resources: &IngestionResources,
+        authorization_context: AuthorizationContext,
+        pool: QueuePool,
+        started: Instant,
+    ) -> Arc<Snapshot> {
+        let now = Instant::now();
+        let sas_left = resources
+            .sas_expiry()
+            .map(|expiry| {
+                let millis = (expiry - OffsetDateTime::now_utc())
+                    .whole_milliseconds()
+                    .max(0) as u64;
+                Duration::from_millis(millis)
+            })
+            .unwrap_or(Duration::from_secs(12 * 3600));
+        let usable_for = sas_left.saturating_sub(SAS_SAFETY_MARGIN.min(sas_left / 2));
+        let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
+        let snapshot = Arc::new(Snapshot {
+            generation,
+            pool,
+            authorization_context,
+            // Refresh well before the SAS expires even when it is short-lived.
+            refresh_at: now + REFRESH_AFTER.min(usable_for / 2),
+            usable_until: now + usable_for,
+        });
+        tracing::info!(
+            dm = %self.dm,
+            generation,
+            queues = resources.queues.len(),
+            other_resources = resources.other_resources,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "fetched ingestion resources and identity token"
+        );
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(snapshot.clone());
+        }
+        if let Ok(mut failure) = self.last_failure.write() {
+            *failure = None;
+        }
+        snapshot
+    }
+
+    /// Remembers a failed fetch; the stale copy while its SAS works, else the error.
+    fn fail(
+        &self,
+        error: DmError,
+        previous: Option<Arc<Snapshot>>,
+    ) -> Result<Arc<Snapshot>, DmError> {
+        if let Ok(mut failure) = self.last_failure.write() {
+            *failure = Some(Failure {
+                at: Instant::now(),
+                error: error.clone(),
+            });
+        }
+        match previous {
+            Some(stale) if stale.usable(Instant::now()) => {
+                tracing::warn!(dm = %self.dm, generation = stale.generation, %error, "refreshing ingestion resources failed; serving the cached copy while its SAS is valid");
+                Ok(stale)
+            }
+            _ => {
+                tracing::error!(dm = %self.dm, %error, "cannot get ingestion resources");
+                Err(error)
             }
         }
     }
