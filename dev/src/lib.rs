@@ -10,6 +10,7 @@ pub mod dm;
 pub mod error;
 pub mod sas;
 mod spawn;
+pub use spawn::tie_to_parent;
 pub mod storage;
 mod xml;
 

@@ -116,20 +116,7 @@ impl HandlerProcess {
                 Some(path.clone())
             }
         };
-        let parent = std::process::id();
-        // SAFETY: only async-signal-safe libc calls run between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent died between fork and prctl: nobody would ever stop us.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        kusto_dev::tie_to_parent(&mut cmd, std::process::id());
         let spawned_at = Instant::now();
         let mut child = cmd
             .spawn()
