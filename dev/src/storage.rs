@@ -23,6 +23,18 @@ pub struct StorageAccount {
     pub key: String,
 }
 
+/// A message taken off a queue with Get Messages: invisible until its visibility timeout
+/// ends, unless deleted with its pop receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DequeuedMessage {
+    pub id: String,
+    pub pop_receipt: String,
+    /// Raw `MessageText` (base64 of the JSON for Kusto clients).
+    pub text: String,
+    /// How often the message has been dequeued, this time included.
+    pub dequeue_count: u32,
+}
+
 /// Cloneable description of a running Azurite: ports, accounts and keys, plus REST
 /// helpers (create queue/container/table, SAS URLs, peek/receive messages, upload blobs).
 /// [`crate::azurite::Azurite`] derefs to this.
@@ -311,47 +323,108 @@ impl AzuriteHandle {
     /// empty) and returns their raw `MessageText` (callers base64-decode).
     pub async fn receive_all(&self, account: &str, queue: &str) -> Result<Vec<String>> {
         let client = client()?;
-        let sas = self.admin_sas(account)?;
-        let base = format!("{}/{queue}/messages", self.queue_endpoint(account));
-        let op = format!("receive messages {account}/{queue}");
         let mut texts = Vec::new();
         loop {
-            let rsp = client
-                .get(format!(
-                    "{base}?numofmessages=32&visibilitytimeout=60&{sas}"
-                ))
-                .header("x-ms-version", STORAGE_VERSION)
-                .send()
-                .await
-                .map_err(|e| Error::http(&op, e))?;
-            let body = expect(&op, rsp, &[200]).await?;
-            let messages = xml::blocks(&body, "QueueMessage");
+            let messages = self
+                .receive_with(&client, account, queue, 32, Duration::from_secs(60))
+                .await?;
             if messages.is_empty() {
                 return Ok(texts);
             }
             for m in messages {
-                let (Some(id), Some(receipt)) =
+                self.delete_message_with(&client, account, queue, &m)
+                    .await?;
+                texts.push(m.text);
+            }
+        }
+    }
+
+    /// Get Messages: dequeues up to `max` (1..=32) visible messages, hidden for
+    /// `visibility` afterwards unless deleted with [`AzuriteHandle::delete_message`].
+    pub async fn receive_messages(
+        &self,
+        account: &str,
+        queue: &str,
+        max: u8,
+        visibility: Duration,
+    ) -> Result<Vec<DequeuedMessage>> {
+        self.receive_with(&client()?, account, queue, max, visibility)
+            .await
+    }
+
+    /// Deletes a dequeued message (its pop receipt must still be current).
+    pub async fn delete_message(
+        &self,
+        account: &str,
+        queue: &str,
+        message: &DequeuedMessage,
+    ) -> Result<()> {
+        self.delete_message_with(&client()?, account, queue, message)
+            .await
+    }
+
+    /// [`AzuriteHandle::receive_messages`] on a caller's client (long-lived pollers).
+    pub(crate) async fn receive_with(
+        &self,
+        client: &reqwest::Client,
+        account: &str,
+        queue: &str,
+        max: u8,
+        visibility: Duration,
+    ) -> Result<Vec<DequeuedMessage>> {
+        let url = format!(
+            "{}/{queue}/messages?numofmessages={}&visibilitytimeout={}&{}",
+            self.queue_endpoint(account),
+            max.clamp(1, 32),
+            visibility.as_secs().max(1),
+            self.admin_sas(account)?
+        );
+        let op = format!("receive messages {account}/{queue}");
+        let request = client.get(url).header("x-ms-version", STORAGE_VERSION);
+        let body = call(&op, request, &[200]).await?;
+        xml::blocks(&body, "QueueMessage")
+            .into_iter()
+            .map(|m| {
+                let (Some(id), Some(pop_receipt)) =
                     (xml::first(m, "MessageId"), xml::first(m, "PopReceipt"))
                 else {
                     return Err(Error::Storage {
-                        op,
+                        op: op.clone(),
                         status: 200,
                         body: format!("message without id/pop receipt: {m}"),
                     });
                 };
-                texts.push(xml::first(m, "MessageText").unwrap_or_default());
-                let receipt: String =
-                    url::form_urlencoded::byte_serialize(receipt.as_bytes()).collect();
-                let del_op = format!("delete message {account}/{queue}/{id}");
-                let rsp = client
-                    .delete(format!("{base}/{id}?popreceipt={receipt}&{sas}"))
-                    .header("x-ms-version", STORAGE_VERSION)
-                    .send()
-                    .await
-                    .map_err(|e| Error::http(&del_op, e))?;
-                expect(&del_op, rsp, &[204]).await?;
-            }
-        }
+                Ok(DequeuedMessage {
+                    id,
+                    pop_receipt,
+                    text: xml::first(m, "MessageText").unwrap_or_default(),
+                    dequeue_count: xml::first(m, "DequeueCount")
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(1),
+                })
+            })
+            .collect()
+    }
+
+    /// [`AzuriteHandle::delete_message`] on a caller's client.
+    pub(crate) async fn delete_message_with(
+        &self,
+        client: &reqwest::Client,
+        account: &str,
+        queue: &str,
+        message: &DequeuedMessage,
+    ) -> Result<()> {
+        let receipt: String =
+            url::form_urlencoded::byte_serialize(message.pop_receipt.as_bytes()).collect();
+        let url = format!(
+            "{}/{queue}/messages/{}?popreceipt={receipt}&{}",
+            self.queue_endpoint(account),
+            message.id,
+            self.admin_sas(account)?
+        );
+        let op = format!("delete message {account}/{queue}/{}", message.id);
+        let request = client.delete(url).header("x-ms-version", STORAGE_VERSION);
+        call(&op, request, &[204]).await.map(|_| ())
     }
 
     // ----- blobs ------------------------------------------------------------------
@@ -395,7 +468,12 @@ impl AzuriteHandle {
         for (k, v) in metadata {
             req = req.header(format!("x-ms-meta-{k}"), *v);
         }
-        call(&op, req.body(bytes.into()), &[201]).await.map(|_| ())
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            // An empty body is sent without Content-Length, which Azurite answers 400.
+            req = req.header("content-length", "0");
+        }
+        call(&op, req.body(bytes), &[201]).await.map(|_| ())
     }
 
     /// Downloads a blob's content.
@@ -428,6 +506,23 @@ impl AzuriteHandle {
                 body: String::from_utf8_lossy(&bytes).into_owned(),
             })
         }
+    }
+
+    /// Deletes a blob; `Ok(false)` when it did not exist.
+    pub async fn delete_blob(&self, account: &str, container: &str, name: &str) -> Result<bool> {
+        let url = format!(
+            "{}?{}",
+            self.blob_url(account, container, name),
+            self.admin_sas(account)?
+        );
+        let op = format!("delete blob {account}/{container}/{name}");
+        let rsp = storage_request(reqwest::Method::DELETE, &url)?
+            .send()
+            .await
+            .map_err(|e| Error::http(&op, e))?;
+        let status = rsp.status().as_u16();
+        expect(&op, rsp, &[202, 404]).await?;
+        Ok(status == 202)
     }
 
     /// Names of the blobs in a container (first 5000).
