@@ -15,6 +15,9 @@ pub mod storage;
 mod xml;
 
 pub use azurite::Azurite;
-pub use dm::{BreakMode, DmEmulator, EmulatorConfig, FakeStorageCounts, Faults};
+pub use dm::{
+    BreakMode, Catalog, DmEmulator, EmulatorConfig, FakeStorageCounts, Faults, IngestionOutcome,
+    IngestionStatus,
+};
 pub use error::{Error, Result};
-pub use storage::{AzuriteHandle, StorageAccount};
+pub use storage::{AzuriteHandle, DequeuedMessage, StorageAccount};

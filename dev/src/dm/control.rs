@@ -7,9 +7,12 @@
 //!   "delay_ms": 0, "down": false, "break_account": {"account": "a", "mode": "ServerBusy"},
 //!   "heal_account": "a", "sas_lifetime_secs": 2, "token_lifetime_secs": 3600,
 //!   "fail_token_endpoint": 500 (0 clears), "token_delay_ms": 0,
-//!   "oversized_answers": 1048576 (bytes, 0 clears), "dm": "stop" | "start", "reset": true}`;
-//!   break modes: `ServerBusy`, `BadSignature`, `Hang`, `Reset`, `ResetAfterEnqueue`
+//!   "oversized_answers": 1048576 (bytes, 0 clears), "ingest_delay_ms": 0, "dm": "stop" | "start",
+//!   "reset": true}`; break modes: `ServerBusy`, `BadSignature`, `Hang`, `Reset`, `ResetAfterEnqueue`
 //! * `POST /_emulator/reset`    — clear faults and logs
+//! * `GET  /_emulator/tables`   — `{"db.table": rows}` ingested by the ingestion worker
+//! * `GET  /_emulator/ingestions` — the worker's outcomes (`IngestionOutcome`s)
+//! * `POST /_emulator/catalog`  — body `{"catalog": {"db": ["Table"]}}` or `{"catalog": null}`
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +24,7 @@ use warp::http::Method;
 use warp::reply::Response;
 
 use super::faults::BreakMode;
+use super::ingest::Catalog;
 use super::reply;
 use super::state::State;
 
@@ -44,7 +48,14 @@ struct FaultCommand {
     fail_token_endpoint: Option<u16>,
     token_delay_ms: Option<u64>,
     oversized_answers: Option<usize>,
+    ingest_delay_ms: Option<u64>,
     dm: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogCommand {
+    catalog: Option<Catalog>,
 }
 
 fn secs(v: f64) -> Result<Duration, String> {
@@ -53,6 +64,15 @@ fn secs(v: f64) -> Result<Duration, String> {
 
 pub(crate) fn state_json(state: &State) -> serde_json::Value {
     let l = &state.layout;
+    let ingest = {
+        let store = state.ingest();
+        serde_json::json!({
+            "worker": state.ingest_worker,
+            "catalog": store.catalog(),
+            "tables": store.counts(),
+            "ingestions": store.outcomes().len(),
+        })
+    };
     serde_json::json!({
         "dm_url": state.dm_url,
         "identity_endpoint": state.identity_url,
@@ -68,6 +88,7 @@ pub(crate) fn state_json(state: &State) -> serde_json::Value {
         "busy_count": state.busy_count.load(Ordering::Relaxed),
         "fake_storage": state.log().fake_storage,
         "faults": state.faults.to_json(),
+        "ingest": ingest,
     })
 }
 
@@ -136,6 +157,9 @@ async fn apply(state: &Arc<State>, cmd: FaultCommand) -> Result<(), String> {
     if let Some(bytes) = cmd.oversized_answers {
         f.set_oversized_answers((bytes != 0).then_some(bytes));
     }
+    if let Some(ms) = cmd.ingest_delay_ms {
+        f.set_ingest_delay(Duration::from_millis(ms));
+    }
     if let Some(dm) = cmd.dm {
         let faults = f.clone();
         // stop_dm blocks until the port refuses connections: keep it off the workers.
@@ -160,6 +184,15 @@ pub(crate) async fn handle(
     match (method.as_str(), route) {
         ("GET", "/state") | ("GET", "") => reply::json(200, &state_json(&state), &[]),
         ("GET", "/requests") => reply::json(200, &requests_json(&state), &[]),
+        ("GET", "/tables") => reply::json(200, &state.ingest().counts(), &[]),
+        ("GET", "/ingestions") => reply::json(200, &state.ingest().outcomes(), &[]),
+        ("POST", "/catalog") => match serde_json::from_slice::<CatalogCommand>(&body) {
+            Ok(c) => {
+                state.ingest().set_catalog(c.catalog);
+                reply::json(200, &state_json(&state)["ingest"], &[])
+            }
+            Err(e) => reply::json(400, &serde_json::json!({"error": e.to_string()}), &[]),
+        },
         ("POST", "/reset") => {
             state.faults.reset();
             state.clear_logs();

@@ -45,6 +45,7 @@ pub(crate) struct FaultState {
     token_failure: Option<u16>,
     token_delay: Duration,
     oversized_answers: Option<usize>,
+    ingest_delay: Duration,
 }
 
 /// The DM listener, restartable on the same port.
@@ -94,6 +95,7 @@ impl Faults {
                     token_failure: None,
                     token_delay: Duration::ZERO,
                     oversized_answers: None,
+                    ingest_delay: Duration::ZERO,
                 }),
                 defaults: (sas_lifetime, token_lifetime),
                 dm: Mutex::new(None),
@@ -213,6 +215,16 @@ impl Faults {
         self.state().oversized_answers
     }
 
+    /// Slow ingestion: the ingestion worker waits this long before processing each message
+    /// (messages stay invisible meanwhile).
+    pub fn set_ingest_delay(&self, delay: Duration) {
+        self.state().ingest_delay = delay;
+    }
+
+    pub fn ingest_delay(&self) -> Duration {
+        self.state().ingest_delay
+    }
+
     /// Clears every fault and restores the configured lifetimes (does not restart the DM).
     pub fn reset(&self) {
         let (sas, token) = self.inner.defaults;
@@ -226,6 +238,7 @@ impl Faults {
         s.token_failure = None;
         s.token_delay = Duration::ZERO;
         s.oversized_answers = None;
+        s.ingest_delay = Duration::ZERO;
     }
 
     /// Closes the DM listener: new connections are refused, idle keep-alive
@@ -278,6 +291,7 @@ impl Faults {
             "token_failure": s.token_failure,
             "token_delay_ms": s.token_delay.as_millis() as u64,
             "oversized_answers": s.oversized_answers,
+            "ingest_delay_ms": s.ingest_delay.as_millis() as u64,
         })
     }
 }

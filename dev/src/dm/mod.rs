@@ -2,16 +2,22 @@
 //!
 //! Three loopback listeners, served from a runtime owned by the emulator (so it works
 //! from any test runtime, or none):
-//! * DM: `POST /v1/rest/mgmt` (+ `/_emulator/…` control API) — can be stopped/restarted;
+//! * DM: `POST /v1/rest/mgmt`, `POST /v1/rest/query` (`T | count`) (+ `/_emulator/…` control
+//!   API) — can be stopped/restarted;
 //! * identity: `GET /msi/token` (+ `/_emulator/…`) — stays up while the DM is stopped;
 //! * fake storage: null queue and the endpoint of accounts broken with
 //!   `ServerBusy`/`Hang`/`Reset`/`ResetAfterEnqueue` (a minimal HTTP/1.1 server, see `http1`).
+//!
+//! With `EmulatorConfig::ingest` a background worker also consumes the ingestion queues and
+//! ingests into in-memory tables (see [`ingest`]).
 
 mod control;
 mod fake_storage;
 mod faults;
 mod http1;
+pub mod ingest;
 mod mgmt;
+mod query;
 mod reply;
 mod server;
 mod state;
@@ -27,6 +33,7 @@ use warp::Filter as _;
 use warp::http::{HeaderMap, Method};
 
 pub use faults::{BreakMode, Faults};
+pub use ingest::{Catalog, FailureStatus, IngestionOutcome, IngestionStatus, Report};
 pub use state::{FakeStorageCounts, MgmtRequest, TokenRequest};
 
 use crate::azurite::free_ports;
@@ -69,6 +76,12 @@ pub struct EmulatorConfig {
     pub dm_port: u16,
     pub identity_port: u16,
     pub storage_port: u16,
+    /// Run the ingestion worker: consume the ready-for-aggregation queues and ingest like the
+    /// DM (default `false`, so tests can read the queued messages themselves).
+    pub ingest: bool,
+    /// Databases and tables the worker accepts; `None` (default) accepts any and creates a
+    /// table on its first ingestion.
+    pub catalog: Option<Catalog>,
 }
 
 impl Default for EmulatorConfig {
@@ -86,6 +99,8 @@ impl Default for EmulatorConfig {
             dm_port: 0,
             identity_port: 0,
             storage_port: 0,
+            ingest: false,
+            catalog: None,
         }
     }
 }
@@ -165,6 +180,9 @@ fn routes(state: Arc<State>, which: Listener) -> Routes {
                         }
                         Listener::Dm if path == "/v1/rest/mgmt" && method == Method::POST => {
                             mgmt::handle(state, headers, body).await
+                        }
+                        Listener::Dm if path == "/v1/rest/query" && method == Method::POST => {
+                            query::handle(state, headers, body).await
                         }
                         Listener::Identity if path == "/msi/token" && method == Method::GET => {
                             token::handle(state, &query, &headers).await
@@ -254,6 +272,8 @@ impl DmEmulator {
             busy_count: AtomicU64::new(0),
             started: Instant::now(),
             trusted_issuers: Mutex::new(Vec::new()),
+            ingest_worker: config.ingest,
+            ingest: Mutex::new(ingest::Store::new(config.catalog.clone())),
         });
 
         let rt = runtime.handle().clone();
@@ -269,6 +289,9 @@ impl DmEmulator {
         let fake_storage = http1::serve(&rt, st_listener, move |req| {
             fake_storage::handle(storage_state.clone(), req)
         })?;
+        if config.ingest {
+            ingest::spawn_worker(&rt, state.clone());
+        }
         Ok(DmEmulator {
             state,
             faults,
@@ -411,6 +434,7 @@ impl DmEmulator {
     }
 
     /// Dequeues every message of every ingestion queue (base64 JSON decoded when possible).
+    /// With the ingestion worker on, it competes with the worker for the messages.
     pub async fn receive_ingestion_messages(&self) -> Result<Vec<ReceivedMessage>> {
         let mut out = Vec::new();
         for (account, queue) in &self.state.layout.ingestion_queues {
@@ -463,6 +487,77 @@ impl DmEmulator {
     /// `AuthorizationContext` values handed out by `.get kusto identity token`.
     pub fn issued_authorization_contexts(&self) -> Vec<String> {
         self.state.log().authorization_contexts.clone()
+    }
+
+    /// A new `AuthorizationContext`, as `.get kusto identity token` would answer (not logged
+    /// as a request); the ingestion worker accepts messages carrying it.
+    pub fn issue_authorization_context(&self) -> String {
+        self.state.issue_authorization_context()
+    }
+
+    // ----- ingestion (EmulatorConfig::ingest) -------------------------------------
+
+    /// Whether the ingestion worker runs.
+    pub fn ingest_worker(&self) -> bool {
+        self.state.ingest_worker
+    }
+
+    /// Rows ingested into `database.table` (0 for a table that does not exist).
+    pub fn row_count(&self, database: &str, table: &str) -> u64 {
+        self.state.ingest().row_count(database, table).unwrap_or(0)
+    }
+
+    /// The rows of `database.table`: JSON arrays of strings for separated formats and
+    /// `txt`/`raw`, the JSON values themselves for `json`/`multijson`.
+    pub fn rows(&self, database: &str, table: &str) -> Vec<serde_json::Value> {
+        self.state.ingest().rows(database, table)
+    }
+
+    /// `{"db.table": rows}` for every table (catalog tables included when empty).
+    pub fn table_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.state.ingest().counts()
+    }
+
+    /// Every message the worker processed, in the order it finished them.
+    pub fn ingestion_outcomes(&self) -> Vec<IngestionOutcome> {
+        self.state.ingest().outcomes().to_vec()
+    }
+
+    /// The latest outcome for message `Id` `source_id`, if processed.
+    pub fn ingestion_outcome(&self, source_id: &str) -> Option<IngestionOutcome> {
+        let store = self.state.ingest();
+        store
+            .outcomes()
+            .iter()
+            .rev()
+            .find(|o| o.source_id == source_id)
+            .cloned()
+    }
+
+    /// Waits (polling every 20 ms, on the caller's tokio runtime) until the worker has
+    /// processed message `source_id`; `None` after `timeout`.
+    pub async fn wait_for_outcome(
+        &self,
+        source_id: &str,
+        timeout: Duration,
+    ) -> Option<IngestionOutcome> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(o) = self.ingestion_outcome(source_id) {
+                return Some(o);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Replaces the catalog (see [`EmulatorConfig::catalog`]): listed tables keep their rows,
+    /// unlisted ones are dropped; `None` accepts any database and table again. Removing a
+    /// table is the "missing table" fault.
+    pub fn set_catalog(&self, catalog: Option<Catalog>) {
+        self.state.ingest().set_catalog(catalog);
     }
 
     /// Messages accepted by the null queue.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::faults::Faults;
+use super::ingest;
 use crate::storage::AzuriteHandle;
 
 /// One request to `POST /v1/rest/mgmt`, as seen by the emulator.
@@ -139,11 +140,27 @@ pub(crate) struct State {
     /// Other emulators whose identity endpoint's tokens this DM accepts too (a second DM of
     /// the same "tenant", for tests that need two DMs behind one managed identity).
     pub trusted_issuers: Mutex<Vec<Arc<State>>>,
+    /// Whether the ingestion worker runs (`EmulatorConfig::ingest`).
+    pub ingest_worker: bool,
+    /// Catalog, ingested rows and ingestion outcomes.
+    pub ingest: Mutex<ingest::Store>,
 }
 
 impl State {
     pub(crate) fn log(&self) -> MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn ingest(&self) -> MutexGuard<'_, ingest::Store> {
+        self.ingest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new `AuthorizationContext` (`.get kusto identity token`), remembered so the
+    /// ingestion worker accepts messages carrying it.
+    pub(crate) fn issue_authorization_context(&self) -> String {
+        let context = format!("emu-authz-{}", uuid::Uuid::new_v4());
+        self.log().authorization_contexts.push(context.clone());
+        context
     }
 
     /// Updates the fake storage counters of `account`.

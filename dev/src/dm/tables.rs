@@ -100,6 +100,21 @@ pub fn identity_token(authorization_context: &str) -> V1Response {
     }
 }
 
+/// The answer to `T | count`: one `Count` column of type long.
+pub fn count(n: u64) -> V1Response {
+    V1Response {
+        tables: vec![V1Table {
+            table_name: "Table_0".into(),
+            columns: vec![V1Column {
+                column_name: "Count".into(),
+                data_type: "Int64".into(),
+                column_type: "long".into(),
+            }],
+            rows: vec![vec![n.into()]],
+        }],
+    }
+}
+
 /// `{"error": {...}}` OneApi error body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KustoErrorBody {
@@ -189,6 +204,19 @@ pub fn syntax_error(csl: &str, ctx: &ErrorContext<'_>) -> KustoErrorBody {
         "Request is invalid and cannot be executed.",
         "Kusto.Data.Exceptions.SyntaxException",
         format!("Syntax error: Query could not be parsed: . Query: '{csl}'"),
+        true,
+        ctx,
+    )
+}
+
+/// 400 for a query naming a table or database that does not exist, or one the emulator
+/// cannot run (it knows `T | count` only).
+pub fn semantic_error(detail: &str, ctx: &ErrorContext<'_>) -> KustoErrorBody {
+    body(
+        "General_BadRequest",
+        "Request is invalid and cannot be executed.",
+        "Kusto.Data.Exceptions.SemanticException",
+        format!("Semantic error: {detail}"),
         true,
         ctx,
     )
