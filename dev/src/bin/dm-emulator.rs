@@ -1,7 +1,7 @@
 //! Local stack for manual runs and out-of-process tools: Azurite + the DM emulator.
 //!
 //! ```text
-//! cargo run -p kusto-dev --bin dm-emulator -- [--null-queue] [--queues-per-account N]
+//! cargo run -p kusto-dev --bin dm-emulator -- [--null-queue] [--ingest] [--queues-per-account N]
 //!     [--dm-port P] [--identity-port P] [--prefix NAME] [--sas-lifetime-secs S]
 //! ```
 //! Prints `KEY=VALUE` lines (handler settings, storage connection strings), then `READY`,
@@ -14,7 +14,7 @@ use kusto_dev::azurite::SHARED_ACCOUNTS;
 use kusto_dev::{Azurite, DmEmulator, EmulatorConfig};
 
 fn usage() -> &'static str {
-    "usage: dm-emulator [--null-queue] [--queues-per-account N] [--dm-port P] \
+    "usage: dm-emulator [--null-queue] [--ingest] [--queues-per-account N] [--dm-port P] \
      [--identity-port P] [--storage-port P] [--prefix NAME] [--sas-lifetime-secs S] \
      [--token-lifetime-secs S]"
 }
@@ -33,6 +33,7 @@ fn parse_args() -> Result<EmulatorConfig, String> {
         };
         match arg.as_str() {
             "--null-queue" => config.null_queue = true,
+            "--ingest" => config.ingest = true,
             "--queues-per-account" => {
                 config.queues_per_account = num(&arg, value(&arg)?)? as usize;
             }

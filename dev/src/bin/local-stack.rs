@@ -10,8 +10,9 @@
 //! 3. starts Azurite (10000/10001/10002), the DM emulator (`KUSTO_INGEST_URI`) and the token
 //!    endpoint (`IDENTITY_ENDPOINT`), then the handler with exactly the `Values` of
 //!    local.settings.json as its environment, and waits for `GET /` to answer;
-//! 4. uploads dev/sample/employees.csv, queues it with `POST /api/ingest` and prints the answer
-//!    and the decoded queue message (SAS signature and authorization context redacted);
+//! 4. uploads dev/sample/employees.csv, queues it with `POST /api/ingest` and prints the answer,
+//!    then what the emulator's ingestion worker made of it (rows, or the DM error code) and the
+//!    decoded queue message (SAS signature and authorization context redacted);
 //! 5. watches the routed containers (`landing` by default) and posts a `BlobCreated` invocation
 //!    to the handler for every new blob, as Event Grid would;
 //! 6. on Ctrl-C stops the processes it started, by their ids.
@@ -53,6 +54,8 @@ const SAMPLE_FILE: &str = "dev/sample/employees.csv";
 /// Lifetime of the SAS URLs printed for copy and paste.
 const PRINTED_SAS_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the DM emulator to ingest the sample.
+const SAMPLE_INGEST_WAIT: Duration = Duration::from_secs(10);
 /// The Functions host polls `GET /` every 25 ms.
 const READY_POLL: Duration = Duration::from_millis(25);
 const HANDLER_LOG_PREFIX: &str = "  handler | ";
@@ -175,6 +178,8 @@ async fn run(args: Args) -> Result<(), String> {
             dm_port: settings.dm_port,
             identity_port: settings.identity_port,
             accepted_audiences: audiences,
+            // Consume the queues and ingest, as a real DM does.
+            ingest: true,
             ..EmulatorConfig::default()
         },
     )
@@ -239,7 +244,7 @@ async fn run(args: Args) -> Result<(), String> {
             account: DATA_ACCOUNT.into(),
             containers: settings.watched_containers.clone(),
             handler_url: handler.url(),
-            queues: emulator.ingestion_queues(),
+            control_url: emulator.control_url(),
         }
         .run(),
     );
@@ -412,13 +417,17 @@ async fn ingest_sample(
                     .collect()
             })
             .unwrap_or_default();
-        let found = show::find_message(azurite, &emulator.ingestion_queues(), |m| {
-            m["Id"]
-                .as_str()
-                .is_some_and(|id| ids.iter().any(|s| s == id))
-        })
+        let found = show::wait_for_ingestion(
+            &emulator.control_url(),
+            |m| {
+                m["Id"]
+                    .as_str()
+                    .is_some_and(|id| ids.iter().any(|s| s == id))
+            },
+            SAMPLE_INGEST_WAIT,
+        )
         .await;
-        show::print_message(found, "the sample's message");
+        show::print_ingestion(found, "the sample");
     }
     let curl = format!(
         "curl -sS -X POST {url} -H 'Content-Type: application/json' \\\n     -d '{request}'"
@@ -450,6 +459,10 @@ fn print_help(
     println!(
         "DM emulator     {}   (KUSTO_INGEST_URI)  state: curl -s {}/state",
         emulator.url(),
+        emulator.control_url()
+    );
+    println!(
+        "                ingests what the handler queues: curl -s {0}/tables (rows per table), {0}/ingestions",
         emulator.control_url()
     );
     println!(

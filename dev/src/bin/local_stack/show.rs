@@ -1,9 +1,8 @@
-//! Printing what the handler did: responses and ingestion messages, with secrets redacted
-//! (`sig=<redacted>`, `authorizationContext`).
+//! Printing what the handler did: responses, and what the DM emulator's ingestion worker made
+//! of the queued messages, with secrets redacted (`sig=<redacted>`, `authorizationContext`).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use kusto_dev::AzuriteHandle;
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 /// Replaces the value of every `sig=` parameter with `<redacted>`.
@@ -67,62 +66,73 @@ pub fn pretty(value: &Value, indent: usize) -> String {
         .join("\n")
 }
 
-/// A decoded ingestion message and the queue it sits in.
-pub struct Found {
-    pub account: String,
-    pub queue: String,
-    pub message: Value,
-}
-
-/// Peeks (without dequeuing) every ingestion queue and returns the last message `wanted`
-/// accepts. Peek shows at most 32 messages per queue, the oldest first.
-pub async fn find_message(
-    azurite: &AzuriteHandle,
-    queues: &[(String, String)],
+/// Waits up to `timeout` until the DM emulator's ingestion worker has processed a message
+/// `wanted` accepts (`GET {control_url}/ingestions`), and returns that outcome.
+pub async fn wait_for_ingestion(
+    control_url: &str,
     wanted: impl Fn(&Value) -> bool,
-) -> Result<Option<Found>, String> {
-    let mut found = None;
-    for (account, queue) in queues {
-        let texts = azurite
-            .peek_messages(account, queue)
+    timeout: Duration,
+) -> Result<Option<Value>, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{control_url}/ingestions");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let outcomes: Value = client
+            .get(&url)
+            .send()
             .await
-            .map_err(|e| e.to_string())?;
-        for text in texts {
-            let Some(message) = decode_message(&text) else {
-                continue;
-            };
-            if wanted(&message) {
-                found = Some(Found {
-                    account: account.clone(),
-                    queue: queue.clone(),
-                    message,
-                });
-            }
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let found = outcomes
+            .as_array()
+            .and_then(|all| all.iter().rev().find(|o| wanted(&o["message"])));
+        if let Some(o) = found {
+            return Ok(Some(o.clone()));
         }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(found)
 }
 
-/// A queue `MessageText`: base64 of the JSON ingestion message.
-pub fn decode_message(text: &str) -> Option<Value> {
-    let bytes = B64.decode(text.trim()).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// One line for an outcome: `Succeeded: 8 rows into localdb.Employees` or
+/// `Failed: Download_SourceNotFound (Permanent) ...`.
+pub fn outcome_line(o: &Value) -> String {
+    let target = format!(
+        "{}.{}",
+        o["database"].as_str().unwrap_or_default(),
+        o["table"].as_str().unwrap_or_default()
+    );
+    match o["status"].as_str().unwrap_or_default() {
+        "Succeeded" => format!("Succeeded: {} rows into {target}", o["rows"]),
+        status => format!(
+            "{status}: {} ({}) {} [{target}]",
+            o["error_code"].as_str().unwrap_or_default(),
+            o["failure_status"].as_str().unwrap_or_default(),
+            redact_sig(o["details"].as_str().unwrap_or_default())
+        ),
+    }
 }
 
-/// Prints a found message (or why there is none).
-pub fn print_message(found: Result<Option<Found>, String>, what: &str) {
+/// Prints what the ingestion worker did with a message, and the message (redacted).
+pub fn print_ingestion(found: Result<Option<Value>, String>, what: &str) {
     match found {
-        Ok(Some(f)) => {
-            println!(
-                "  message on the ingestion queue {}/{} (peeked, base64-decoded):",
-                f.account, f.queue
-            );
-            println!("{}", pretty(&f.message, 4));
+        Ok(Some(o)) => {
+            println!("  the DM emulator ingested {what}: {}", outcome_line(&o));
+            println!("  the message it took off the ingestion queue (base64-decoded):");
+            println!("{}", pretty(&o["message"], 4));
         }
         Ok(None) => println!(
-            "  {what}: not among the first 32 messages of each ingestion queue (peek shows the oldest)"
+            "  {what}: the DM emulator has not ingested it yet (GET /_emulator/ingestions shows it later)"
         ),
-        Err(e) => println!("  {what}: cannot peek the ingestion queues: {e}"),
+        Err(e) => println!("  {what}: cannot read the DM emulator's ingestions: {e}"),
     }
 }
 

@@ -21,6 +21,8 @@ const MAX_EVENTS_PER_TICK: usize = 100;
 /// Deliveries of one event before giving up (Event Grid would dead-letter it).
 const MAX_ATTEMPTS: u32 = 5;
 const HOST_VERSION: &str = "4.1037.0";
+/// How long to wait for the DM emulator to ingest a queued blob before moving on.
+const INGEST_WAIT: Duration = Duration::from_secs(10);
 
 /// One blob as List Blobs shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,8 +48,8 @@ pub struct Watcher {
     pub containers: Vec<String>,
     /// `http://127.0.0.1:<port>` of the handler.
     pub handler_url: String,
-    /// Ingestion queues, to show the queued message.
-    pub queues: Vec<(String, String)>,
+    /// The DM emulator's control API, to show what became of the queued message.
+    pub control_url: String,
 }
 
 type Key = (String, String);
@@ -270,13 +272,17 @@ impl Watcher {
             200..=299 => {
                 if text.contains("queued ") {
                     let url = self.azurite.blob_url(&self.account, container, name);
-                    let found = show::find_message(&self.azurite, &self.queues, |m| {
-                        let id = m.get("Id").and_then(Value::as_str).unwrap_or("#");
-                        let path = m.get("BlobPath").and_then(Value::as_str).unwrap_or("");
-                        text.contains(id) || path.starts_with(&url)
-                    })
+                    let found = show::wait_for_ingestion(
+                        &self.control_url,
+                        |m| {
+                            let id = m.get("Id").and_then(Value::as_str).unwrap_or("#");
+                            let path = m.get("BlobPath").and_then(Value::as_str).unwrap_or("");
+                            text.contains(id) || path.starts_with(&url)
+                        },
+                        INGEST_WAIT,
+                    )
                     .await;
-                    show::print_message(found, "the queued message");
+                    show::print_ingestion(found, "the queued blob");
                 }
                 true
             }
