@@ -74,6 +74,7 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
     let default_dm = settings.dms.default_dm().clone();
     Ok(Services {
         backend: QueuedBackend::new(&settings.dms, dm_client, http, settings.max_concurrency),
+        dms: settings.dms.clone(),
         ingest_api: IngestApi::new(
             settings.dms,
             settings.max_blobs,

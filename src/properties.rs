@@ -194,11 +194,20 @@ pub(crate) enum ReportLevel {
     FailuresAndSuccesses = 2,
 }
 
-/// `ReportMethod` of the ingestion message. Only `Queue` is offered: `Table` needs a status-table
-/// entity written before the message is queued, which this service does not do.
+/// `ReportMethod` of the ingestion message. `Table` and `QueueAndTable` track the blob in the
+/// DM's status table: the backend writes its row before queuing the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReportMethod {
     Queue = 0,
+    Table = 1,
+    QueueAndTable = 2,
+}
+
+impl ReportMethod {
+    /// Whether the blob is tracked in the status table.
+    pub(crate) fn tracked(self) -> bool {
+        !matches!(self, ReportMethod::Queue)
+    }
 }
 
 /// Data formats the DM accepts in `AdditionalProperties.format`.
@@ -267,14 +276,18 @@ impl IngestionSpec {
         let retain_blob_on_success = flag("retainBlobOnSuccess", true);
         let flush_immediately = flag("flushImmediately", false);
         let ignore_size_limit = flag("ignoreSizeLimit", false);
+        let report_method = match bag.take("reportMethod").and_then(|(_, v)| v.as_u64()) {
+            Some(1) => ReportMethod::Table,
+            Some(2) => ReportMethod::QueueAndTable,
+            _ => ReportMethod::Queue,
+        };
         let report_level = match bag.take("reportLevel").and_then(|(_, v)| v.as_u64()) {
+            // A tracked blob's row must learn of successes too, or it stays Pending.
+            _ if report_method.tracked() => ReportLevel::FailuresAndSuccesses,
             Some(1) => ReportLevel::DoNotReport,
             Some(2) => ReportLevel::FailuresAndSuccesses,
             _ => ReportLevel::FailuresOnly,
         };
-        // Checked to be `Queue`, the only method offered.
-        bag.take("reportMethod");
-        let report_method = ReportMethod::Queue;
 
         let format = match bag.get("format").and_then(Value::as_str) {
             Some(format) => format.to_ascii_lowercase(),
@@ -365,19 +378,27 @@ fn parse_report_level(key: &str, value: &Value) -> Result<ReportLevel, PropertyE
 }
 
 fn parse_report_method(key: &str, value: &Value) -> Result<ReportMethod, PropertyError> {
-    let is_queue = match value {
-        Value::Number(n) => n.as_u64() == Some(0),
-        Value::String(s) => s.eq_ignore_ascii_case("queue") || s == "0",
-        _ => false,
+    let method = match value {
+        Value::Number(n) => match n.as_u64() {
+            Some(0) => Some(ReportMethod::Queue),
+            Some(1) => Some(ReportMethod::Table),
+            Some(2) => Some(ReportMethod::QueueAndTable),
+            _ => None,
+        },
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "queue" | "0" => Some(ReportMethod::Queue),
+            "table" | "1" => Some(ReportMethod::Table),
+            "queueandtable" | "2" => Some(ReportMethod::QueueAndTable),
+            _ => None,
+        },
+        _ => None,
     };
-    if is_queue {
-        Ok(ReportMethod::Queue)
-    } else {
-        Err(invalid(
+    method.ok_or_else(|| {
+        invalid(
             key,
-            "only \"queue\" is supported: table reporting needs a status-table entry this service does not write",
-        ))
-    }
+            "must be one of \"queue\", \"table\", \"queueAndTable\" (or 0, 1, 2)",
+        )
+    })
 }
 
 /// The DM parses `tags` and `ingestIfNotExists` from a string holding a JSON array.
@@ -507,7 +528,7 @@ mod tests {
             (json!({"format": "xlsx"}), "format"),
             (json!({"flushImmediately": "yes"}), "flushImmediately"),
             (json!({"reportLevel": "sometimes"}), "reportLevel"),
-            (json!({"reportMethod": "table"}), "reportMethod"),
+            (json!({"reportMethod": "email"}), "reportMethod"),
             (json!({"tags": [1]}), "tags"),
             (json!({"creationTime": "yesterday"}), "creationTime"),
         ] {

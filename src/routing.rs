@@ -97,6 +97,9 @@ struct RawRoute {
     database_routing: Option<String>,
     #[serde(default)]
     blob_identity: Option<String>,
+    /// Track the blobs in the DM's status table (`"reportMethod": "table"`).
+    #[serde(default)]
+    tracking: Option<bool>,
 }
 
 impl RouteTable {
@@ -169,6 +172,9 @@ fn parse_rule(number: usize, item: Value) -> Result<Route, String> {
             ));
         }
         properties.set("ingestionMappingReference", Value::String(mapping));
+    }
+    if raw.tracking == Some(true) && properties.get("reportMethod").is_none() {
+        properties.set("reportMethod", Value::String("table".to_owned()));
     }
     let properties = properties
         .parse()

@@ -1419,14 +1419,16 @@ fn entra_authentication_is_switched_by_its_parameter_and_spares_event_grid() {
     assert_eq!(auth.len(), 1, "one authsettingsV2 resource");
     let auth = auth[0];
     assert_eq!(
-        auth["condition"],
-        "[not(empty(parameters('entraAuthClientId')))]",
+        auth["condition"], "[not(empty(parameters('entraAuthClientId')))]",
         "off unless a client id is given"
     );
     let props = &auth["properties"];
     assert_eq!(props["platform"]["enabled"], true);
     assert_eq!(props["globalValidation"]["requireAuthentication"], true);
-    assert_eq!(props["globalValidation"]["unauthenticatedClientAction"], "Return401");
+    assert_eq!(
+        props["globalValidation"]["unauthenticatedClientAction"],
+        "Return401"
+    );
     let excluded = props["globalValidation"]["excludedPaths"]
         .as_array()
         .expect("excludedPaths");
@@ -1435,7 +1437,10 @@ fn entra_authentication_is_switched_by_its_parameter_and_spares_event_grid() {
         "Event Grid delivers with the system key, not an Entra token"
     );
     let aad = &props["identityProviders"]["azureActiveDirectory"];
-    assert_eq!(aad["registration"]["clientId"], "[parameters('entraAuthClientId')]");
+    assert_eq!(
+        aad["registration"]["clientId"],
+        "[parameters('entraAuthClientId')]"
+    );
     let site = one_of_type(&t, "Microsoft.Web/sites");
     let settings = app_settings(site);
     for name in [

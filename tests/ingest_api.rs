@@ -575,7 +575,7 @@ async fn empty_and_wrong_typed_fields_are_named() {
         ),
         (with(json!({ "format": "xlsx" })), "format"),
         (with(json!({ "reportLevel": "sometimes" })), "reportLevel"),
-        (with(json!({ "reportMethod": "table" })), "reportMethod"),
+        (with(json!({ "reportMethod": "email" })), "reportMethod"),
         (with(json!({ "tags": [1, 2] })), "tags"),
         (with(json!({ "creationTime": "yesterday" })), "creationTime"),
         (

@@ -21,7 +21,7 @@ mod report;
 pub(crate) use blob_store::BlobStore;
 
 use crate::domain::{DmEndpoint, SourceId};
-use crate::ingest::{Backend, BlobJob, Deadline};
+use crate::ingest::{Backend, Batch, BlobJob, Deadline};
 use crate::properties::Properties;
 use crate::routing::RouteTable;
 use blob_store::BlobMetadata;
@@ -133,7 +133,14 @@ impl Trigger {
         }
         let (labels, jobs): (Vec<Label>, Vec<BlobJob>) =
             planned.into_iter().map(|p| (p.label, p.job)).unzip();
-        match backend.ingest(&self.dm, &jobs, deadline).await {
+        let tracked = jobs.iter().any(|job| job.spec.report_method.tracked());
+        let batch = Batch {
+            dm: &self.dm,
+            jobs: &jobs,
+            deadline,
+            operation: tracked.then(uuid::Uuid::new_v4),
+        };
+        match backend.ingest(batch).await {
             Err(failure) => {
                 let kind = if failure.is_transient() {
                     "transient"
@@ -147,7 +154,12 @@ impl Trigger {
                     ));
                 }
             }
-            Ok(outcomes) => report.outcomes(&labels, &jobs, &outcomes),
+            Ok(ingested) => {
+                if let Some(operation) = &ingested.operation {
+                    report.tracked(&operation.encode(), &jobs);
+                }
+                report.outcomes(&labels, &jobs, &ingested.outcomes);
+            }
         }
         report.finish()
     }

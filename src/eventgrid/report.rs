@@ -79,6 +79,21 @@ impl Report {
         self.lines.push(line);
     }
 
+    /// The operation the invocation's tracked blobs are recorded under, for
+    /// `GET /api/ingest/operations/{id}`.
+    pub(super) fn tracked(&mut self, operation_id: &str, jobs: &[BlobJob]) {
+        let sources: Vec<String> = jobs
+            .iter()
+            .filter(|job| job.spec.report_method.tracked())
+            .map(|job| job.source_id.to_string())
+            .collect();
+        tracing::info!(operation_id, source_ids = %sources.join(","), "tracked operation");
+        self.lines.push(format!(
+            "tracked as operation {operation_id} (GET /api/ingest/operations/{operation_id}); source ids {}",
+            sources.join(", ")
+        ));
+    }
+
     pub(super) fn outcomes(
         &mut self,
         labels: &[Label],

@@ -3,7 +3,10 @@
 
 use super::*;
 use crate::domain::BlobUri;
-use crate::ingest::{BlobFailure, BlobOutcome, FailureCode};
+use crate::ingest::{
+    BlobFailure, BlobOutcome, FailureCode, Ingested, OperationId, PageRequest, StatusError,
+    StatusPage,
+};
 use crate::settings::Settings;
 use blob_store::{BlobProperties, MetadataError};
 use serde_json::json;
@@ -94,19 +97,28 @@ async fn handle(fake: &Fake, body: &[u8]) -> InvocationReply {
 }
 
 impl Backend for Fake {
-    async fn ingest(
-        &self,
-        _dm: &DmEndpoint,
-        jobs: &[BlobJob],
-        _deadline: Deadline,
-    ) -> Result<Vec<BlobOutcome>, BlobFailure> {
+    async fn ingest(&self, batch: Batch<'_>) -> Result<Ingested, BlobFailure> {
+        let jobs = batch.jobs;
         *self.ingest_calls.lock().unwrap() += 1;
         self.jobs.lock().unwrap().extend(jobs.iter().cloned());
-        match &self.mode {
-            IngestMode::Queue => Ok(jobs.iter().map(|_| BlobOutcome::Queued).collect()),
-            IngestMode::Fail(f) => Err(f.clone()),
-            IngestMode::Outcomes(o) => Ok(o.clone()),
-        }
+        let outcomes = match &self.mode {
+            IngestMode::Queue => jobs.iter().map(|_| BlobOutcome::Queued).collect(),
+            IngestMode::Fail(f) => return Err(f.clone()),
+            IngestMode::Outcomes(o) => o.clone(),
+        };
+        Ok(Ingested {
+            outcomes,
+            operation: None,
+        })
+    }
+
+    async fn status(
+        &self,
+        _operation: &OperationId,
+        _page: &PageRequest,
+        _deadline: Deadline,
+    ) -> Result<StatusPage, StatusError> {
+        Err(StatusError::NotFound("the fake tracks nothing".into()))
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod errors;
 mod ingest_api;
+mod operations;
 mod routes;
 mod server;
 
@@ -10,6 +11,7 @@ pub(crate) use ingest_api::{Incoming, IngestApi};
 pub(crate) use routes::routes;
 pub(crate) use server::serve;
 
+use crate::domain::AllowedDms;
 use crate::eventgrid::{BlobStore, Trigger};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// What the routes call: the ingestion backend and the services of each trigger.
 pub(crate) struct Services<B> {
     pub(crate) backend: B,
+    /// The DMs a request or an operation id may name.
+    pub(crate) dms: AllowedDms,
     pub(crate) ingest_api: IngestApi,
     pub(crate) trigger: Trigger,
     /// Get Blob Properties for the trigger.

@@ -2,7 +2,7 @@
 //! turns its `Reply` into an HTTP response; nothing else happens here.
 
 use super::errors::{ApiError, Reply};
-use super::{Incoming, Services};
+use super::{Incoming, Services, operations};
 use crate::ingest::{Backend, Deadline};
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
@@ -58,7 +58,7 @@ pub(crate) fn routes<B: Backend>(
 
     let blob_created = warp::post()
         .and(warp::path!("BlobCreated"))
-        .and(with_services)
+        .and(with_services.clone())
         .and(body)
         .then(
             |services: Arc<Services<B>>, length: Option<u64>, body| async move {
@@ -81,10 +81,29 @@ pub(crate) fn routes<B: Backend>(
             },
         );
 
+    let operation = warp::get()
+        .and(warp::path!("api" / "ingest" / "operations" / String))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(with_services)
+        .then(
+            |id: String, query: String, services: Arc<Services<B>>| async move {
+                let deadline = Deadline::after(services.request_deadline);
+                let Some(_in_flight) = services.admit() else {
+                    return to_response(ApiError::Busy.into());
+                };
+                let reply =
+                    operations::handle(&services.backend, &services.dms, &id, &query, deadline)
+                        .await;
+                to_response(reply)
+            },
+        );
+
     let not_found = warp::any().map(|| to_response(ApiError::NotFound.into()));
 
     ready
         .or(ingest)
+        .unify()
+        .or(operation)
         .unify()
         .or(blob_created)
         .unify()

@@ -33,6 +33,9 @@ pub(crate) enum FailureCode {
     QueueOutcomeUnknown,
     /// The request's (or invocation's) deadline passed before the blob was tried.
     DeadlineExceeded,
+    /// The blob is to be tracked, but its status row could not be written (or the DM hands out
+    /// no status table); it was not queued.
+    TrackingUnavailable,
 }
 
 impl FailureCode {
@@ -48,6 +51,7 @@ impl FailureCode {
             FailureCode::QueueUnavailable => "QueueUnavailable",
             FailureCode::QueueOutcomeUnknown => "QueueOutcomeUnknown",
             FailureCode::DeadlineExceeded => "DeadlineExceeded",
+            FailureCode::TrackingUnavailable => "TrackingUnavailable",
         }
     }
 
@@ -59,7 +63,8 @@ impl FailureCode {
             | FailureCode::QueueAuthorizationFailed
             | FailureCode::QueueUnavailable
             | FailureCode::QueueOutcomeUnknown
-            | FailureCode::DeadlineExceeded => true,
+            | FailureCode::DeadlineExceeded
+            | FailureCode::TrackingUnavailable => true,
             FailureCode::DataManagementUnauthorized
             | FailureCode::DataManagementRejected
             | FailureCode::MessageTooLarge

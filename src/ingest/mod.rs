@@ -6,14 +6,17 @@
 
 mod deadline;
 mod failure;
+mod status;
 
 pub(crate) use deadline::Deadline;
-pub(crate) use failure::{BlobFailure, FailureCode};
+pub(crate) use failure::{BlobFailure, DEFAULT_RETRY_AFTER, FailureCode};
+pub(crate) use status::{BlobState, BlobStatus, Counts, OperationId, PageRequest, StatusPage};
 
 use crate::domain::{BlobUri, DatabaseName, DmEndpoint, SourceId, TableName};
 use crate::properties::IngestionSpec;
 use std::future::Future;
 use std::sync::Arc;
+use uuid::Uuid;
 
 /// One blob to ingest, fully validated.
 #[derive(Debug, Clone)]
@@ -38,16 +41,49 @@ pub(crate) enum BlobOutcome {
     Failed(BlobFailure),
 }
 
+/// One batch of blobs for one DM.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch<'a> {
+    /// Allowlisted.
+    pub(crate) dm: &'a DmEndpoint,
+    pub(crate) jobs: &'a [BlobJob],
+    /// Every wait (the DM, a permit, a queue, the status table) draws from it; a blob not tried by
+    /// then is `DeadlineExceeded`.
+    pub(crate) deadline: Deadline,
+    /// The operation the tracked jobs (`spec.report_method` not `Queue`) are recorded under.
+    pub(crate) operation: Option<Uuid>,
+}
+
+/// What became of a batch: one outcome per job, in order, and the id to look the tracked ones up
+/// by.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ingested {
+    pub(crate) outcomes: Vec<BlobOutcome>,
+    pub(crate) operation: Option<OperationId>,
+}
+
+/// Why an operation's status could not be read.
+#[derive(Debug, Clone)]
+pub(crate) enum StatusError {
+    /// No such operation here (its table is not one the DM hands out, or it has no rows).
+    NotFound(String),
+    Unavailable(BlobFailure),
+}
+
 /// A way of getting blobs ingested by a cluster.
 pub(crate) trait Backend: Send + Sync + 'static {
-    /// Ingests `jobs` through the allowlisted `dm`: one outcome per job, in the order of `jobs`,
-    /// or one failure for all of them when none could be tried (no resources, no identity).
-    /// Returns by `deadline`: every wait (the DM, a permit, a queue) draws from it, and a blob not
-    /// tried by then is `DeadlineExceeded`.
+    /// Ingests a batch: one outcome per job, or one failure for all of them when none could be
+    /// tried (no resources, no identity).
     fn ingest(
         &self,
-        dm: &DmEndpoint,
-        jobs: &[BlobJob],
+        batch: Batch<'_>,
+    ) -> impl Future<Output = Result<Ingested, BlobFailure>> + Send;
+
+    /// A page of a tracked operation's blobs. `operation.dm` is allowlisted.
+    fn status(
+        &self,
+        operation: &OperationId,
+        page: &PageRequest,
         deadline: Deadline,
-    ) -> impl Future<Output = Result<Vec<BlobOutcome>, BlobFailure>> + Send;
+    ) -> impl Future<Output = Result<StatusPage, StatusError>> + Send;
 }

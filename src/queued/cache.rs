@@ -4,6 +4,7 @@
 use super::authorization::AuthorizationContext;
 use super::pool::QueuePool;
 use super::resources::IngestionResources;
+use super::status_table::StatusTable;
 use crate::dm::{DmClient, DmError};
 use crate::domain::DmEndpoint;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,8 @@ pub(super) struct Snapshot {
     pub(super) generation: u64,
     pub(super) pool: QueuePool,
     pub(super) authorization_context: AuthorizationContext,
+    /// Where tracked blobs are recorded, when the DM hands out a status table.
+    pub(super) status_table: Option<StatusTable>,
     refresh_at: Instant,
     /// When the queue SAS stops working, as a monotonic instant.
     usable_until: Instant,
@@ -272,6 +275,7 @@ impl ResourceCache {
             generation,
             pool,
             authorization_context,
+            status_table: resources.status_table.clone(),
             // Refresh well before the SAS expires even when it is short-lived.
             refresh_at: now + REFRESH_AFTER.min(usable_for / 2),
             usable_until: now + usable_for,

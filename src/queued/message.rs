@@ -24,6 +24,17 @@ pub(crate) struct IngestionMessage<'a> {
     pub(crate) authorization_context: &'a AuthorizationContext,
     /// RFC 3339, shared by every message of one request.
     pub(crate) created_at: &'a str,
+    /// Where the DM records the blob's outcome, when it is tracked.
+    pub(crate) status_in_table: Option<StatusInTable<'a>>,
+}
+
+/// `IngestionStatusInTable`: the status table (URL with its SAS) and the row of this blob.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct StatusInTable<'a> {
+    pub(crate) table_connection_string: &'a str,
+    pub(crate) partition_key: &'a str,
+    pub(crate) row_key: &'a str,
 }
 
 #[derive(Serialize)]
@@ -44,6 +55,8 @@ struct Wire<'a> {
     application_for_tracing: &'a str,
     client_version_for_tracing: &'a str,
     additional_properties: Additional<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingestion_status_in_table: Option<StatusInTable<'a>>,
 }
 
 /// `authorizationContext` first, then the blob's properties in the order they were given.
@@ -93,6 +106,7 @@ impl IngestionMessage<'_> {
                 authorization_context: self.authorization_context.expose(),
                 properties: &self.spec.additional,
             },
+            ingestion_status_in_table: self.status_in_table,
         };
         serde_json::to_vec(&wire)
     }
@@ -170,6 +184,7 @@ mod tests {
             spec: &spec,
             authorization_context: &auth,
             created_at: "2024-05-01T12:48:09.964774Z",
+            status_in_table: None,
         };
         let json = String::from_utf8(msg.to_json().unwrap()).unwrap();
         assert_eq!(
@@ -209,6 +224,7 @@ mod tests {
                 spec: &spec,
                 authorization_context: &auth,
                 created_at: "t",
+                status_in_table: None,
             };
             assert!(
                 decode(msg.encode().unwrap().as_str())
@@ -216,6 +232,40 @@ mod tests {
                     .is_none()
             );
         }
+    }
+
+    #[test]
+    fn a_tracked_message_names_its_status_row() {
+        let blob = BlobUri::parse("https://a.blob.core.windows.net/c/b.csv").unwrap();
+        let (db, table) = (
+            DatabaseName::parse("d").unwrap(),
+            TableName::parse("t").unwrap(),
+        );
+        let spec = spec(json!({"reportMethod": "table"}));
+        let auth = AuthorizationContext::new("tok");
+        let msg = IngestionMessage {
+            source_id: SourceId::parse("11111111-2222-4333-8444-555555555555").unwrap(),
+            blob: &blob,
+            raw_data_size: None,
+            database: &db,
+            table: &table,
+            spec: &spec,
+            authorization_context: &auth,
+            created_at: "t",
+            status_in_table: Some(StatusInTable {
+                table_connection_string: "https://s.table.core.windows.net/st?sig=x",
+                partition_key: "p",
+                row_key: "11111111-2222-4333-8444-555555555555",
+            }),
+        };
+        let json = decode(msg.encode().unwrap().as_str());
+        assert_eq!(json["ReportMethod"], 1);
+        assert_eq!(json["ReportLevel"], 2);
+        assert_eq!(
+            json["IngestionStatusInTable"],
+            json!({"TableConnectionString": "https://s.table.core.windows.net/st?sig=x",
+                   "PartitionKey": "p", "RowKey": "11111111-2222-4333-8444-555555555555"})
+        );
     }
 
     #[test]
@@ -236,6 +286,7 @@ mod tests {
             spec: &spec,
             authorization_context: &auth,
             created_at: "t",
+            status_in_table: None,
         };
         assert!(
             matches!(msg.encode(), Err(EncodeError::TooLarge { size }) if size > MAX_ENCODED_MESSAGE)

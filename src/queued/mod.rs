@@ -9,15 +9,22 @@ mod pool;
 mod ranking;
 mod resources;
 mod sender;
+mod status_table;
+mod tracking;
 
 use crate::dm::{DmClient, DmError};
 use crate::domain::{AllowedDms, DmEndpoint};
-use crate::ingest::{Backend, BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode};
-use cache::ResourceCache;
+use crate::ingest::{
+    Backend, Batch, BlobFailure, BlobJob, BlobOutcome, Counts, Deadline, FailureCode, Ingested,
+    OperationId, PageRequest, StatusError, StatusPage,
+};
+use cache::{ResourceCache, Snapshot};
 use futures::StreamExt;
 use sender::DmQueues;
+use status_table::StatusTable;
 use std::collections::HashMap;
 use std::sync::Arc;
+use uuid::Uuid;
 
 pub(crate) struct QueuedBackend {
     /// One per allowlisted DM, created up front: the allowlist bounds the map, and the token can
@@ -26,6 +33,8 @@ pub(crate) struct QueuedBackend {
     /// Blobs of one request in progress at once, so a request's memory does not grow with its
     /// blob count.
     per_request: usize,
+    /// The process's HTTP client, for the status table.
+    http: reqwest::Client,
 }
 
 impl QueuedBackend {
@@ -45,45 +54,168 @@ impl QueuedBackend {
         Self {
             dms,
             per_request: max_concurrency,
+            http,
         }
+    }
+
+    fn queues(&self, dm: &DmEndpoint) -> Result<&DmQueues, BlobFailure> {
+        self.dms.get(dm).ok_or_else(|| {
+            BlobFailure::new(
+                FailureCode::DataManagementRejected,
+                format!("{dm} is not an allowed Data Management endpoint"),
+            )
+        })
     }
 }
 
+/// Resources of `dm`, by `deadline`: a wait on another request's refresh counts against it too.
+async fn snapshot(
+    queues: &DmQueues,
+    dm: &DmEndpoint,
+    deadline: Deadline,
+) -> Result<Arc<Snapshot>, BlobFailure> {
+    tokio::time::timeout_at(deadline.instant(), queues.snapshot())
+        .await
+        .map_err(|_| {
+            BlobFailure::new(
+                FailureCode::DeadlineExceeded,
+                format!(
+                    "the DM at {dm} did not provide ingestion resources before the request's deadline"
+                ),
+            )
+        })?
+        .map_err(|e| dm_failure(&e))
+}
+
 impl Backend for QueuedBackend {
-    async fn ingest(
-        &self,
-        dm: &DmEndpoint,
-        jobs: &[BlobJob],
-        deadline: Deadline,
-    ) -> Result<Vec<BlobOutcome>, BlobFailure> {
-        let Some(queues) = self.dms.get(dm) else {
-            return Err(BlobFailure::new(
-                FailureCode::DataManagementRejected,
-                format!("{dm} is not an allowed Data Management endpoint"),
-            ));
+    async fn ingest(&self, batch: Batch<'_>) -> Result<Ingested, BlobFailure> {
+        let Batch {
+            dm,
+            jobs,
+            deadline,
+            operation,
+        } = batch;
+        let queues = self.queues(dm)?;
+        let snapshot = snapshot(queues, dm, deadline).await?;
+        let tracking = match operation.filter(|_| jobs.iter().any(tracking::tracked)) {
+            None => None,
+            Some(operation) => Some(
+                self.begin_tracking(&snapshot, &operation, jobs, deadline)
+                    .await,
+            ),
         };
-        // A wait on another request's refresh counts against this request's deadline too.
-        let snapshot = tokio::time::timeout_at(deadline.instant(), queues.snapshot())
-            .await
-            .map_err(|_| {
-                BlobFailure::new(
-                    FailureCode::DeadlineExceeded,
-                    format!(
-                        "the DM at {dm} did not provide ingestion resources before the request's deadline"
-                    ),
-                )
-            })?
-            .map_err(|e| dm_failure(&e))?;
+        let connection = tracking
+            .as_ref()
+            .and_then(|t| t.as_ref().ok())
+            .map(StatusTable::connection_string);
+        let partition = operation.map(|o| o.to_string());
         let created_at = message::creation_time_now();
         // Blobs are taken in order, `per_request` at a time. Indexing instead of `jobs.iter()`
         // keeps the closure free of a higher-ranked lifetime, which rustc cannot yet prove `Send`
         // through (rust-lang/rust#102211).
-        let posts =
-            (0..jobs.len()).map(|i| queues.send(snapshot.clone(), &jobs[i], &created_at, deadline));
-        Ok(futures::stream::iter(posts)
+        let posts = (0..jobs.len()).map(|i| {
+            let job = &jobs[i];
+            let record = match (&tracking, tracking::tracked(job)) {
+                (Some(Err(failure)), true) => Err(failure.clone()),
+                (Some(Ok(_)), true) => Ok(connection.as_deref().zip(partition.as_deref())),
+                _ => Ok(None),
+            };
+            let snapshot = snapshot.clone();
+            let created_at = created_at.as_str();
+            async move {
+                match record {
+                    Err(failure) => BlobOutcome::Failed(failure),
+                    Ok(record) => {
+                        queues
+                            .send(snapshot, job, created_at, record, deadline)
+                            .await
+                    }
+                }
+            }
+        });
+        let outcomes: Vec<BlobOutcome> = futures::stream::iter(posts)
             .buffered(self.per_request)
             .collect()
-            .await)
+            .await;
+        let operation = match (tracking, operation) {
+            (Some(Ok(table)), Some(partition)) => {
+                tracking::record_failures(
+                    &table, &self.http, &partition, jobs, &outcomes, deadline,
+                )
+                .await;
+                Some(OperationId {
+                    dm: dm.clone(),
+                    table: table.public_url(),
+                    partition,
+                })
+            }
+            _ => None,
+        };
+        Ok(Ingested {
+            outcomes,
+            operation,
+        })
+    }
+
+    async fn status(
+        &self,
+        operation: &OperationId,
+        page: &PageRequest,
+        deadline: Deadline,
+    ) -> Result<StatusPage, StatusError> {
+        let queues = self
+            .queues(&operation.dm)
+            .map_err(StatusError::Unavailable)?;
+        let snapshot = snapshot(queues, &operation.dm, deadline)
+            .await
+            .map_err(StatusError::Unavailable)?;
+        // Only a table the DM hands out is ever read, with the SAS it hands out.
+        let Some(table) = snapshot
+            .status_table
+            .as_ref()
+            .filter(|t| t.public_url() == operation.table)
+        else {
+            return Err(StatusError::NotFound(
+                "the DM no longer hands out this operation's status table".to_owned(),
+            ));
+        };
+        let read = tracking::read(table, &self.http, &operation.partition, page, deadline)
+            .await
+            .map_err(|e| {
+                StatusError::Unavailable(BlobFailure::new(
+                    FailureCode::TrackingUnavailable,
+                    format!("the status table could not be read: {e}"),
+                ))
+            })?;
+        if read.counts == Counts::default() && read.blobs.is_empty() {
+            return Err(StatusError::NotFound(
+                "no blob is recorded under this operation".to_owned(),
+            ));
+        }
+        Ok(read)
+    }
+}
+
+impl QueuedBackend {
+    /// The status table, once the tracked jobs' `Pending` rows are written; otherwise the failure
+    /// of every tracked job (they are not queued).
+    async fn begin_tracking(
+        &self,
+        snapshot: &Snapshot,
+        operation: &Uuid,
+        jobs: &[BlobJob],
+        deadline: Deadline,
+    ) -> Result<StatusTable, BlobFailure> {
+        let Some(table) = snapshot.status_table.clone() else {
+            return Err(BlobFailure::new(
+                FailureCode::TrackingUnavailable,
+                "the blob is to be tracked, but the DM hands out no status table; it was not queued",
+            ));
+        };
+        tracking::begin(&table, &self.http, operation, jobs, deadline)
+            .await
+            .map_err(|e| tracking::not_recorded(&e))?;
+        Ok(table)
     }
 }
 

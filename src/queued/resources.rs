@@ -1,5 +1,6 @@
 //! `.get ingestion resources`: which queues to post messages to.
 
+use super::status_table::StatusTable;
 use crate::dm::v1::{V1Response, V1Table};
 use crate::dm::{DmClient, DmError};
 use crate::domain::{DmEndpoint, redact_url};
@@ -74,6 +75,8 @@ impl QueueResource {
 #[derive(Debug, Clone)]
 pub(crate) struct IngestionResources {
     pub(crate) queues: Vec<QueueResource>,
+    /// `IngestionsStatusTable`, for tracked blobs; the first when there are several.
+    pub(crate) status_table: Option<StatusTable>,
     pub(crate) other_resources: usize,
 }
 
@@ -95,6 +98,7 @@ impl IngestionResources {
         let root_col = table.column("StorageRoot")?;
         let mut queues = Vec::new();
         let mut other_resources = 0;
+        let mut status_table = None;
         for row in &table.rows {
             let (Some(kind), Some(root)) = (
                 V1Table::string_at(row, type_col),
@@ -105,6 +109,8 @@ impl IngestionResources {
             // Unknown resource types are ignored, as the Python, Go and Node SDKs do.
             if kind.eq_ignore_ascii_case("SecuredReadyForAggregationQueue") {
                 queues.push(QueueResource::parse(root)?);
+            } else if kind.eq_ignore_ascii_case("IngestionsStatusTable") && status_table.is_none() {
+                status_table = Some(StatusTable::parse(root)?);
             } else {
                 other_resources += 1;
             }
@@ -114,6 +120,7 @@ impl IngestionResources {
         }
         Ok(Self {
             queues,
+            status_table,
             other_resources,
         })
     }

@@ -13,7 +13,7 @@
 //!   `Unknown`, never `Failed`.
 
 use super::cache::{RefetchError, ResourceCache, Snapshot};
-use super::message::{EncodeError, IngestionMessage, QueueText};
+use super::message::{EncodeError, IngestionMessage, QueueText, StatusInTable};
 use super::pool::PostError;
 use super::ranking::AccountRanking;
 use crate::dm::DmError;
@@ -33,6 +33,8 @@ pub(super) struct DmQueues {
 struct Delivery<'a> {
     job: &'a BlobJob,
     created_at: &'a str,
+    /// The status table (URL with SAS) and partition of a tracked blob.
+    record: Option<(&'a str, &'a str)>,
     deadline: Deadline,
     /// Why a post's outcome is unknown, if one's is: the message may be stored.
     unknown: Option<String>,
@@ -59,17 +61,20 @@ impl DmQueues {
         self.cache.get().await
     }
 
-    /// Queues one blob.
+    /// Queues one blob; a tracked one with its status row (`record`: table URL with SAS and
+    /// partition).
     pub(super) async fn send(
         &self,
         snapshot: Arc<Snapshot>,
         job: &BlobJob,
         created_at: &str,
+        record: Option<(&str, &str)>,
         deadline: Deadline,
     ) -> BlobOutcome {
         let mut delivery = Delivery {
             job,
             created_at,
+            record,
             deadline,
             unknown: None,
         };
@@ -130,6 +135,7 @@ impl DmQueues {
     /// Encodes the message with `snapshot`'s identity token and posts it with failover.
     async fn attempt(&self, snapshot: &Snapshot, delivery: &mut Delivery<'_>) -> Attempt {
         let job = delivery.job;
+        let row_key = job.source_id.to_string();
         let message = IngestionMessage {
             source_id: job.source_id,
             blob: &job.blob,
@@ -139,6 +145,11 @@ impl DmQueues {
             spec: &job.spec,
             authorization_context: &snapshot.authorization_context,
             created_at: delivery.created_at,
+            status_in_table: delivery.record.map(|(table, partition)| StatusInTable {
+                table_connection_string: table,
+                partition_key: partition,
+                row_key: &row_key,
+            }),
         };
         let text = match message.encode() {
             Ok(text) => text,

@@ -250,6 +250,29 @@ impl TestApp {
         self.post_raw_with(bytes, content_type, &[]).await
     }
 
+    /// `GET <path>` (`/api/ingest/operations/…`) with the function key, as the host forwards it.
+    pub async fn get(&self, path_and_query: &str) -> Reply {
+        let resp = self
+            .client
+            .get(format!("{}{path_and_query}", self.address))
+            .header("x-functions-key", FUNCTION_KEY)
+            .header("User-Agent", HOST_USER_AGENT)
+            .send()
+            .await
+            .expect("GET reached the handler");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("response body");
+        self.responses.lock().unwrap().push(text.clone());
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
     /// `POST /api/ingest` with extra headers (those App Service Authentication adds, say).
     pub async fn post_ingest_with(&self, body: &Value, headers: &[(&str, &str)]) -> Reply {
         let bytes = serde_json::to_vec(body).expect("serialize");

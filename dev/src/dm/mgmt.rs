@@ -260,7 +260,11 @@ pub(crate) fn resource_rows(state: &State) -> Vec<(String, String)> {
         rows.push(("TempStorage".to_string(), url));
     }
     let (ta, table) = &layout.status_table;
-    let q = sas::table_sas(ta, &key(state, ta), table, "raud", w);
+    // An account SAS for the table service, not a table SAS as the real DM hands out: Azurite signs
+    // a table SAS on `$batch` over the path's "table" (`$batch`) instead of its `tn`
+    // (dist/src/table/authentication/TableSASAuthenticator.js), so entity-group transactions with
+    // a table SAS always fail there, while Azure accepts them on `<account>/$batch`.
+    let q = sas::account_sas(ta, &key(state, ta), "t", "co", "raud", w);
     let url = match target(state, ta, false) {
         Target::Azurite => format!("{}/{table}?{q}", state.storage.table_endpoint(ta)),
         Target::Fake => format!("{}/{ta}/{table}?{q}", state.storage_url),

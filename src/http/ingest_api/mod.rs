@@ -7,8 +7,9 @@ mod results;
 use super::errors::{ApiError, ErrorDetail, Reply, nothing_queued};
 use crate::authorization::{Caller, Denial, Policy, Request};
 use crate::domain::AllowedDms;
-use crate::ingest::{Backend, BlobJob, BlobOutcome, Deadline};
+use crate::ingest::{Backend, Batch, BlobJob, BlobOutcome, Deadline, Ingested};
 use crate::properties::Properties;
+use uuid::Uuid;
 
 /// One request as the route read it.
 pub(crate) struct Incoming {
@@ -74,15 +75,29 @@ impl IngestApi {
             }
         };
         let jobs = request.jobs;
-        let outcomes = match backend.ingest(&dm, &jobs, deadline).await {
-            Ok(outcomes) => outcomes,
+        let tracked = jobs.iter().any(|job| job.spec.report_method.tracked());
+        let batch = Batch {
+            dm: &dm,
+            jobs: &jobs,
+            deadline,
+            operation: tracked.then(Uuid::new_v4),
+        };
+        let Ingested {
+            outcomes,
+            operation,
+        } = match backend.ingest(batch).await {
+            Ok(ingested) => ingested,
             Err(failure) => {
                 let (status, retry_after) = nothing_queued([&failure], true);
                 let headline = ErrorDetail::failure(&failure);
                 let outcomes = vec![BlobOutcome::Failed(failure); jobs.len()];
-                return results::reply(status, retry_after, &jobs, &outcomes, Some(&headline));
+                let answer = results::Answer::new(&jobs, &outcomes).error(Some(&headline));
+                return answer.reply(status, retry_after);
             }
         };
+        if let Some(operation) = &operation {
+            tracing::info!(operation_id = %operation.encode(), dm = %dm, blobs = jobs.len(), "tracked operation");
+        }
         let (queued, unknown, _) = results::counts(&outcomes);
         // Any blob that may or may not be queued needs the caller to read the per-blob results.
         let (status, retry_after, headline) = if queued == jobs.len() {
@@ -102,7 +117,10 @@ impl IngestApi {
             (status, retry_after, headline)
         };
         tracing::info!(dm = %dm, blobs = jobs.len(), queued, unknown, status, "ingest request done");
-        results::reply(status, retry_after, &jobs, &outcomes, headline.as_ref())
+        results::Answer::new(&jobs, &outcomes)
+            .error(headline.as_ref())
+            .operation(operation.as_ref())
+            .reply(status, retry_after)
     }
 
     /// Checks the caller may ingest every job, before the DM or a queue is asked anything.

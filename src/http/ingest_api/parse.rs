@@ -378,6 +378,15 @@ fn request_properties(
             typed.set(*key, value.clone());
         }
     }
+    // `"tracking": true` is `"reportMethod": "table"` unless the request names a method.
+    match obj.get("tracking") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) if typed.get("reportMethod").is_none() => {
+            typed.set("reportMethod", Value::String("table".to_owned()));
+        }
+        Some(Value::Bool(true)) => {}
+        Some(_) => problems.invalid("tracking", "must be true or false"),
+    }
     let typed = typed.parse().map_err(|e| problems.property("", e)).ok();
     let mut base = defaults.clone();
     base.overlay(&additional?);

@@ -3,7 +3,7 @@
 
 use crate::domain::{BlobUri, SourceId};
 use crate::http::errors::{ErrorDetail, Reply};
-use crate::ingest::{BlobJob, BlobOutcome};
+use crate::ingest::{BlobJob, BlobOutcome, OperationId};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -19,6 +19,11 @@ struct ResultsBody<'a> {
     blobs: Vec<BlobResult<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a ErrorDetail>,
+    /// For tracked blobs: the operation to look them up by, and where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_uri: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -63,42 +68,68 @@ pub(super) fn counts(outcomes: &[BlobOutcome]) -> (usize, usize, usize) {
     )
 }
 
-/// One result per job, in order, under `status`.
-pub(super) fn reply(
-    status: u16,
-    retry_after: Option<Duration>,
-    jobs: &[BlobJob],
-    outcomes: &[BlobOutcome],
-    error: Option<&ErrorDetail>,
-) -> Reply {
-    let (queued, unknown, failed) = counts(outcomes);
-    let blobs = jobs
-        .iter()
-        .zip(outcomes)
-        .map(|(job, outcome)| {
-            let (status, failure) = match outcome {
-                BlobOutcome::Queued => ("queued", None),
-                BlobOutcome::Unknown(f) => ("unknown", Some(f)),
-                BlobOutcome::Failed(f) => ("failed", Some(f)),
-            };
-            BlobResult {
-                blob_uri: &job.blob,
-                source_id: &job.source_id,
-                status,
-                error: failure.map(|f| BlobError {
-                    code: f.code.as_str(),
-                    message: &f.message,
-                }),
-            }
-        })
-        .collect();
-    let body = ResultsBody {
-        blob_count: jobs.len(),
-        queued,
-        failed,
-        unknown,
-        blobs,
-        error,
-    };
-    Reply::json(status, retry_after, &body)
+/// The answer to a request: one result per job, in order, and what the request as a whole says.
+pub(super) struct Answer<'a> {
+    jobs: &'a [BlobJob],
+    outcomes: &'a [BlobOutcome],
+    error: Option<&'a ErrorDetail>,
+    operation: Option<&'a OperationId>,
+}
+
+impl<'a> Answer<'a> {
+    pub(super) fn new(jobs: &'a [BlobJob], outcomes: &'a [BlobOutcome]) -> Self {
+        Self {
+            jobs,
+            outcomes,
+            error: None,
+            operation: None,
+        }
+    }
+
+    pub(super) fn error(self, error: Option<&'a ErrorDetail>) -> Self {
+        Self { error, ..self }
+    }
+
+    pub(super) fn operation(self, operation: Option<&'a OperationId>) -> Self {
+        Self { operation, ..self }
+    }
+
+    pub(super) fn reply(self, status: u16, retry_after: Option<Duration>) -> Reply {
+        let (queued, unknown, failed) = counts(self.outcomes);
+        let blobs = self
+            .jobs
+            .iter()
+            .zip(self.outcomes)
+            .map(|(job, outcome)| {
+                let (status, failure) = match outcome {
+                    BlobOutcome::Queued => ("queued", None),
+                    BlobOutcome::Unknown(f) => ("unknown", Some(f)),
+                    BlobOutcome::Failed(f) => ("failed", Some(f)),
+                };
+                BlobResult {
+                    blob_uri: &job.blob,
+                    source_id: &job.source_id,
+                    status,
+                    error: failure.map(|f| BlobError {
+                        code: f.code.as_str(),
+                        message: &f.message,
+                    }),
+                }
+            })
+            .collect();
+        let operation_id = self.operation.map(OperationId::encode);
+        let body = ResultsBody {
+            blob_count: self.jobs.len(),
+            queued,
+            failed,
+            unknown,
+            blobs,
+            error: self.error,
+            status_uri: operation_id
+                .as_ref()
+                .map(|id| super::super::operations::status_uri(id)),
+            operation_id,
+        };
+        Reply::json(status, retry_after, &body)
+    }
 }
