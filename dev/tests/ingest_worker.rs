@@ -221,10 +221,14 @@ async fn missing_blob_fails_permanently_and_reports_it() {
     let missing =
         emu.azurite()
             .blob_sas_url(DATA, &container, "absent.csv", "r", Duration::from_secs(60));
+    // The status table URL exactly as `.get ingestion resources` hands it out.
     let (ta, table) = emu.status_table();
     let table_url = emu
-        .azurite()
-        .table_sas_url(&ta, &table, "raud", Duration::from_secs(3600));
+        .ingestion_resources()
+        .into_iter()
+        .find(|(kind, _)| kind == "IngestionsStatusTable")
+        .unwrap()
+        .1;
     let m = message(
         &emu,
         &missing,

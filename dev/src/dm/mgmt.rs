@@ -124,8 +124,7 @@ pub(crate) async fn handle(state: Arc<State>, headers: HeaderMap, body: Bytes) -
                 (200, response)
             }
             Command::IdentityToken => {
-                let context = format!("emu-authz-{}", uuid::Uuid::new_v4());
-                state.log().authorization_contexts.push(context.clone());
+                let context = state.issue_authorization_context();
                 (
                     200,
                     reply::json(200, &tables::identity_token(&context), &common),
