@@ -283,3 +283,53 @@ async fn an_event_grid_route_can_track_its_blobs() {
         json!(kusto_ingest_api::eventgrid::source_id_for("tracked-1").to_string())
     );
 }
+
+/// Polls the operation until no blob is in progress (the emulator's worker ingests in the
+/// background), within `seconds`.
+async fn settled(app: &TestApp, operation: &str, seconds: u64) -> Reply {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let reply = app.get(&format!("/api/ingest/operations/{operation}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        if reply.body["state"] != "InProgress" || std::time::Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_dm_records_what_became_of_each_tracked_blob() {
+    let app = TestApp::builder().emulator(|c| c.ingest = true).start().await;
+    let mut blobs = Vec::new();
+    for i in 0..3 {
+        let uri = app
+            .upload_blob(&format!("good/{i}.csv"), b"a,b\n1,2\n3,4\n")
+            .await;
+        blobs.push(json!({ "blobUri": uri }));
+    }
+    let bad = app.upload_blob("bad/broken.json", b"{\"a\": 1").await;
+    blobs.push(json!({ "blobUri": bad, "additionalProperties": { "format": "multijson" } }));
+    blobs.push(json!({ "blobUri": app.blob_uri("missing/nothing.csv") }));
+
+    let reply = app.post_ingest(&tracked(blobs)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let operation = reply.body["operationId"].as_str().unwrap().to_owned();
+    let status = settled(&app, &operation, 30).await;
+    assert_eq!(status.body["state"], "PartiallySucceeded", "{}", status.text);
+    assert_eq!(status.body["status"]["Succeeded"], 3, "{}", status.text);
+    assert_eq!(status.body["status"]["Failed"], 2, "{}", status.text);
+    // Three lines of each good blob (no ignoreFirstRecord: the header is a row too).
+    assert_eq!(app.dm.row_count("testdb", "events"), 9);
+    for d in status.body["details"].as_array().unwrap() {
+        if d["status"] == "Failed" {
+            assert_eq!(d["failureStatus"], "Permanent", "{d}");
+            let code = d["errorCode"].as_str().unwrap_or("");
+            assert!(
+                code.starts_with("Download_") || code.starts_with("BadRequest_"),
+                "a DM error code: {d}"
+            );
+        }
+    }
+    app.assert_no_secrets();
+}
