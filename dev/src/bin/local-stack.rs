@@ -10,9 +10,10 @@
 //! 3. starts Azurite (10000/10001/10002), the DM emulator (`KUSTO_INGEST_URI`) and the token
 //!    endpoint (`IDENTITY_ENDPOINT`), then the handler with exactly the `Values` of
 //!    local.settings.json as its environment, and waits for `GET /` to answer;
-//! 4. uploads dev/sample/employees.csv, queues it with `POST /api/ingest` and prints the answer,
-//!    then what the emulator's ingestion worker made of it (rows, or the DM error code) and the
-//!    decoded queue message (SAS signature and authorization context redacted);
+//! 4. uploads dev/sample/employees.csv, queues it with `POST /api/ingest` (`"tracking": true`) and
+//!    prints the answer, then polls `GET /api/ingest/operations/{id}` until the emulator's
+//!    ingestion worker is done and prints the outcome (`employees.csv: Succeeded, 5 rows in
+//!    localdb.Employees`, or the DM error code);
 //! 5. watches the routed containers (`landing` by default) and posts a `BlobCreated` invocation
 //!    to the handler for every new blob, as Event Grid would;
 //! 6. on Ctrl-C stops the processes it started, by their ids.
@@ -383,6 +384,7 @@ async fn ingest_sample(
         "table": "Employees",
         "format": "csv",
         "ignoreFirstRecord": true,
+        "tracking": true,
         "blobs": [{ "blobUri": blob_uri, "rawDataSize": bytes.len() }]
     });
     let url = format!("{}/api/ingest", handler.url());
@@ -407,32 +409,60 @@ async fn ingest_sample(
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     println!("  answer: {status}");
     println!("{}", show::pretty(&body, 4));
-    if status.as_u16() == 202 || status.as_u16() == 207 {
-        let ids: Vec<String> = body["blobs"]
-            .as_array()
-            .map(|blobs| {
-                blobs
-                    .iter()
-                    .filter_map(|b| b["sourceId"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let found = show::wait_for_ingestion(
-            &emulator.control_url(),
-            |m| {
-                m["Id"]
-                    .as_str()
-                    .is_some_and(|id| ids.iter().any(|s| s == id))
-            },
-            SAMPLE_INGEST_WAIT,
-        )
-        .await;
-        show::print_ingestion(found, "the sample");
+    if let Some(operation) = body["operationId"].as_str() {
+        let status_url = format!("{}/api/ingest/operations/{operation}", handler.url());
+        println!("\nwaiting for the DM emulator to ingest it:\n  GET {status_url}");
+        match poll_operation(&client, &status_url).await {
+            Ok(status) => {
+                for blob in status["details"].as_array().into_iter().flatten() {
+                    println!("  {}", outcome_line(blob, emulator));
+                }
+            }
+            Err(error) => println!("  {error}"),
+        }
     }
     let curl = format!(
         "curl -sS -X POST {url} -H 'Content-Type: application/json' \\\n     -d '{request}'"
     );
     Ok(Some(curl))
+}
+
+/// `GET` the operation until no blob is in progress (or the wait is over); its last answer.
+async fn poll_operation(client: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let deadline = std::time::Instant::now() + SAMPLE_INGEST_WAIT;
+    loop {
+        let rsp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status: Value = rsp.json().await.map_err(|e| format!("GET {url}: {e}"))?;
+        if status["state"] != "InProgress" || std::time::Instant::now() > deadline {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `employees.csv: Succeeded, 5 rows in localdb.Employees`, or the DM's error.
+fn outcome_line(blob: &Value, emulator: &DmEmulator) -> String {
+    let name = blob["url"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap_or("?");
+    match blob["status"].as_str().unwrap_or("?") {
+        "Succeeded" => format!(
+            "{name}: Succeeded, {} rows in localdb.Employees",
+            emulator.row_count("localdb", "Employees")
+        ),
+        "Failed" => format!(
+            "{name}: Failed, {} ({}): {}",
+            blob["errorCode"].as_str().unwrap_or("?"),
+            blob["failureStatus"].as_str().unwrap_or("?"),
+            blob["details"].as_str().unwrap_or("")
+        ),
+        other => format!("{name}: {other} (not ingested yet)"),
+    }
 }
 
 fn print_help(
