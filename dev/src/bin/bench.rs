@@ -265,14 +265,15 @@ async fn run(args: Args) -> Result<(), String> {
         eprintln!("CPU cell and throughput cells against the null queue...");
         let (null_handler, _) = stack.start_handler(true)?;
         eprintln!("  null-queue handler: pid {}", null_handler.pid());
-        let cpu = run_cpu_cell(&stack, &null_handler, true, &args).await?;
+        let cpu = run_cpu_cell(&stack, &null_handler, true, &args, false).await?;
+        let tracked = run_cpu_cell(&stack, &null_handler, true, &args, true).await?;
         let rows = if args.cpu_cell_only {
             Vec::new()
         } else {
             run_cells(&stack, &null_handler, true, &args).await?
         };
         let peak = procfs::status_kib(null_handler.pid(), "VmHWM").unwrap_or(0);
-        (Some(cpu), rows, peak)
+        (Some((cpu, tracked)), rows, peak)
     };
 
     let (cpu_az, az_rows) = if args.skip_azurite {
@@ -281,15 +282,18 @@ async fn run(args: Args) -> Result<(), String> {
         eprintln!("CPU cell and throughput cells against Azurite...");
         let (az_handler, _) = stack.start_handler(false)?;
         eprintln!("  Azurite handler: pid {}", az_handler.pid());
-        let cpu = run_cpu_cell(&stack, &az_handler, false, &args).await?;
+        let cpu = run_cpu_cell(&stack, &az_handler, false, &args, false).await?;
+        let tracked = run_cpu_cell(&stack, &az_handler, false, &args, true).await?;
         let rows = if args.cpu_cell_only {
             Vec::new()
         } else {
             run_cells(&stack, &az_handler, false, &args).await?
         };
-        (Some(cpu), rows)
+        (Some((cpu, tracked)), rows)
     };
 
+    let (cpu_null_row, tracked_null) = cpu_null.unzip();
+    let (cpu_az_row, tracked_az) = cpu_az.unzip();
     let report = Report {
         args: &args,
         rtt,
@@ -297,8 +301,10 @@ async fn run(args: Args) -> Result<(), String> {
         delayed,
         null_rows,
         az_rows,
-        cpu_null,
-        cpu_az,
+        cpu_null: cpu_null_row,
+        cpu_az: cpu_az_row,
+        tracked_null,
+        tracked_az,
         peak_rss_kib: peak_rss,
         total: started.elapsed(),
     };
@@ -519,6 +525,7 @@ async fn run_cells(
             let mut cell = Cell {
                 blobs,
                 concurrency,
+                tracked: false,
                 max_time: args.cell_time,
                 max_requests: 1_000_000,
             };
@@ -539,17 +546,19 @@ async fn run_cells(
     Ok(rows)
 }
 
-/// The CPU cell ([`CPU_CELL`]) against one handler.
+/// The CPU cell ([`CPU_CELL`]) against one handler, tracked or not.
 async fn run_cpu_cell(
     stack: &Stack,
     handler: &HandlerProcess,
     null: bool,
     args: &Args,
+    tracked: bool,
 ) -> Result<Row, String> {
     let (blobs, concurrency) = CPU_CELL;
     let cell = Cell {
         blobs,
         concurrency,
+        tracked,
         max_time: args.cell_time.max(CPU_CELL_MIN_TIME),
         max_requests: 1_000_000,
     };
@@ -565,7 +574,11 @@ async fn measure_cell(
 ) -> Result<Row, String> {
     let url = format!("{}/api/ingest", handler.url());
     let pid = handler.pid();
-    let body = load::ingest_body(&stack.blob_uris, cell.blobs);
+    let body = if cell.tracked {
+        load::tracked_body(&stack.blob_uris, cell.blobs)
+    } else {
+        load::ingest_body(&stack.blob_uris, cell.blobs)
+    };
     // Warm: the resource cache and a pooled connection.
     let warm = load::run_cell(
         &stack.client,
@@ -662,6 +675,9 @@ struct Report<'a> {
     /// The CPU cell against each queue.
     cpu_null: Option<Row>,
     cpu_az: Option<Row>,
+    /// The same cell with `"tracking": true`.
+    tracked_null: Option<Row>,
+    tracked_az: Option<Row>,
     peak_rss_kib: u64,
     total: Duration,
 }
@@ -824,6 +840,38 @@ impl Report<'_> {
         }
         line(String::new());
 
+        line(
+            "## Status tracking: the same cell with `\"tracking\": true` (a status-table transaction per 100 blobs first)"
+                .into(),
+        );
+        line(String::new());
+        line("| queue | untracked blobs/s | tracked blobs/s | throughput kept | untracked CPU per blob | tracked CPU per blob |".into());
+        line("|---|---:|---:|---:|---:|---:|".into());
+        for (name, plain, tracked) in [
+            (
+                "null queue",
+                self.cpu_null.as_ref(),
+                self.tracked_null.as_ref(),
+            ),
+            ("Azurite", self.cpu_az.as_ref(), self.tracked_az.as_ref()),
+        ] {
+            let rate = |r: Option<&Row>| r.map(|r| r.result.blobs_per_sec());
+            let kept = rate(tracked)
+                .zip(rate(plain))
+                .filter(|(_, p)| *p > 0.0)
+                .map(|(t, p)| format!("{:.0} %", t / p * 100.0))
+                .unwrap_or_else(|| "—".into());
+            let cpu = |r: Option<&Row>| Self::cpu_rss(r).0;
+            line(format!(
+                "| {name} | {} | {} | {kept} | {} | {} |",
+                rate(plain).map(thousands).unwrap_or_else(|| "—".into()),
+                rate(tracked).map(thousands).unwrap_or_else(|| "—".into()),
+                cpu(plain),
+                cpu(tracked)
+            ));
+        }
+        line(String::new());
+
         let warm_null = self
             .null_rows
             .iter()
@@ -966,6 +1014,23 @@ impl Report<'_> {
                 cpu_az.is_some_and(|c| c <= CPU_TARGET_AZURITE)
                     && cpu_null.is_some_and(|c| c <= CPU_TARGET_NULL)
             )
+        ));
+        let kept = |plain: Option<&Row>, tracked: Option<&Row>| {
+            plain
+                .zip(tracked)
+                .map(|(p, t)| t.result.blobs_per_sec() / p.result.blobs_per_sec().max(1.0))
+        };
+        let kept_az = kept(self.cpu_az.as_ref(), self.tracked_az.as_ref());
+        let kept_null = kept(self.cpu_null.as_ref(), self.tracked_null.as_ref());
+        line(format!(
+            "| status tracking costs ≤ 25 % throughput ({blobs}-blob requests, {concurrency} concurrent; one status-table transaction per 100 blobs) | {} Azurite / {} null kept | {} |",
+            kept_az
+                .map(|k| format!("{:.0} %", k * 100.0))
+                .unwrap_or_else(|| "—".into()),
+            kept_null
+                .map(|k| format!("{:.0} %", k * 100.0))
+                .unwrap_or_else(|| "—".into()),
+            mark(kept_az.is_some_and(|k| k >= 0.75) && kept_null.is_some_and(|k| k >= 0.75))
         ));
         let best = self
             .null_rows

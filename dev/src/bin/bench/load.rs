@@ -20,6 +20,15 @@ pub fn client() -> Result<reqwest::Client, String> {
 /// `POST /api/ingest` body with the first `n` of `blob_uris` (each with `rawDataSize`, so the
 /// handler never needs a HEAD).
 pub fn ingest_body(blob_uris: &[String], n: usize) -> Bytes {
+    body(blob_uris, n, false)
+}
+
+/// The same, with `"tracking": true` (the blobs' rows go into the DM's status table first).
+pub fn tracked_body(blob_uris: &[String], n: usize) -> Bytes {
+    body(blob_uris, n, true)
+}
+
+fn body(blob_uris: &[String], n: usize, tracking: bool) -> Bytes {
     let blobs: Vec<Value> = blob_uris
         .iter()
         .take(n)
@@ -31,6 +40,7 @@ pub fn ingest_body(blob_uris: &[String], n: usize) -> Bytes {
             "table": "BenchTable",
             "format": "csv",
             "ignoreFirstRecord": true,
+            "tracking": tracking,
             "blobs": blobs
         })
         .to_string(),
@@ -43,6 +53,8 @@ pub fn ingest_body(blob_uris: &[String], n: usize) -> Bytes {
 pub struct Cell {
     pub blobs: usize,
     pub concurrency: usize,
+    /// Requests ask for status tracking.
+    pub tracked: bool,
     pub max_time: Duration,
     pub max_requests: u64,
 }
