@@ -260,17 +260,7 @@ impl TestApp {
             .send()
             .await
             .expect("GET reached the handler");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("response body");
-        self.responses.lock().unwrap().push(text.clone());
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        self.reply(resp).await
     }
 
     /// `POST /api/ingest` with extra headers (those App Service Authentication adds, say).
@@ -304,6 +294,11 @@ impl TestApp {
             .send()
             .await
             .expect("POST /api/ingest reached the handler");
+        self.reply(resp).await
+    }
+
+    /// The answer, kept for `assert_no_secrets`.
+    async fn reply(&self, resp: reqwest::Response) -> Reply {
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("response body");
