@@ -3,7 +3,7 @@
 
 use crate::dm::{DmClient, RetryPolicy};
 use crate::eventgrid::{BlobStore, Trigger};
-use crate::http::{IngestApi, Services};
+use crate::http::{DataApi, IngestApi, Services};
 use crate::identity::Identity;
 use crate::queued::QueuedBackend;
 use crate::settings::Settings;
@@ -76,10 +76,16 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
         backend: QueuedBackend::new(&settings.dms, dm_client, http, settings.max_concurrency),
         dms: settings.dms.clone(),
         ingest_api: IngestApi::new(
-            settings.dms,
+            settings.dms.clone(),
             settings.max_blobs,
             settings.default_properties.clone(),
+            settings.authorization.clone(),
+        ),
+        data_api: DataApi::new(
+            settings.dms,
+            settings.default_properties.clone(),
             settings.authorization,
+            settings.max_data_bytes,
         ),
         trigger: Trigger::new(
             settings.routes,
@@ -91,6 +97,7 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
         max_body_bytes: settings.max_body_bytes,
         request_deadline: settings.request_deadline,
         event_deadline: settings.event_deadline,
+        data_deadline: settings.data_deadline,
         requests: Arc::new(tokio::sync::Semaphore::new(settings.max_requests)),
     })
 }

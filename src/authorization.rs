@@ -177,6 +177,41 @@ impl Policy {
         Ok(())
     }
 
+    /// Checks a caller may ingest into `database.table` (data it sends itself: no blob source).
+    pub(crate) fn check_target(
+        &self,
+        caller: Option<&Caller>,
+        database: &DatabaseName,
+        table: &TableName,
+    ) -> Result<(), Denial> {
+        let role_grants = self.role_grants(caller)?;
+        let allows = |grant: &Grant| {
+            grant
+                .targets
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|p| p.matches(database, table)))
+        };
+        let allowed = allows(&self.everyone)
+            && role_grants
+                .as_ref()
+                .is_none_or(|grants| grants.iter().any(|(_, g)| allows(g)));
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denial {
+                code: "TargetNotAllowed",
+                message: format!(
+                    "Ingesting into {}.{} is not allowed ({}, {}).",
+                    clip(database.as_str()),
+                    clip(table.as_str()),
+                    self.settings.targets,
+                    self.settings.roles
+                ),
+                target: Some("table".to_owned()),
+            })
+        }
+    }
+
     /// The grants of the caller's roles, when roles are configured.
     fn role_grants(&self, caller: Option<&Caller>) -> Result<Option<Vec<(String, Grant)>>, Denial> {
         let Some(roles) = &self.roles else {

@@ -6,6 +6,7 @@ pub mod eventgrid;
 pub mod settings;
 
 mod authorization;
+mod data;
 mod dm;
 mod domain;
 mod http;

@@ -23,6 +23,8 @@ const ROUTES: &str = "INGEST_ROUTES";
 const READ_BLOB_METADATA: &str = "INGEST_READ_BLOB_METADATA";
 const REQUEST_DEADLINE: &str = "INGEST_REQUEST_DEADLINE_SECONDS";
 const EVENT_DEADLINE: &str = "INGEST_EVENT_DEADLINE_SECONDS";
+const MAX_DATA_BYTES: &str = "INGEST_MAX_DATA_BYTES";
+const DATA_DEADLINE: &str = "INGEST_DATA_DEADLINE_SECONDS";
 const ALLOWED_TARGETS: &str = "INGEST_ALLOWED_TARGETS";
 const ALLOWED_BLOB_SOURCES: &str = "INGEST_ALLOWED_BLOB_SOURCES";
 const ALLOW_BLOB_CREDENTIALS: &str = "INGEST_ALLOW_BLOB_CREDENTIALS";
@@ -57,6 +59,10 @@ const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_REQUEST_DEADLINE: usize = 60;
 /// Under the 30 s Event Grid waits for a delivery before it redelivers.
 const DEFAULT_EVENT_DEADLINE: usize = 25;
+/// The Functions HTTP request limit.
+pub(crate) const DEFAULT_MAX_DATA_BYTES: usize = 100 * 1024 * 1024;
+/// A data upload streams its body: under the 230 s the Functions front end gives an HTTP call.
+const DEFAULT_DATA_DEADLINE: usize = 200;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -87,6 +93,10 @@ pub struct Settings {
     pub(crate) event_deadline: Duration,
     /// Who may ingest what through `POST /api/ingest`.
     pub(crate) authorization: Policy,
+    /// Largest data body of `POST /api/ingest/{database}/{table}`.
+    pub(crate) max_data_bytes: u64,
+    /// How long a data upload may take, its body included.
+    pub(crate) data_deadline: Duration,
 }
 
 impl Settings {
@@ -133,6 +143,9 @@ impl Settings {
                 DEFAULT_REQUEST_DEADLINE,
             )?,
             event_deadline: seconds(get(EVENT_DEADLINE), EVENT_DEADLINE, DEFAULT_EVENT_DEADLINE)?,
+            max_data_bytes: positive(get(MAX_DATA_BYTES), MAX_DATA_BYTES, DEFAULT_MAX_DATA_BYTES)?
+                as u64,
+            data_deadline: seconds(get(DATA_DEADLINE), DATA_DEADLINE, DEFAULT_DATA_DEADLINE)?,
             authorization: Policy::parse(
                 Names {
                     targets: ALLOWED_TARGETS,

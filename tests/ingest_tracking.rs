@@ -289,7 +289,9 @@ async fn an_event_grid_route_can_track_its_blobs() {
 async fn settled(app: &TestApp, operation: &str, seconds: u64) -> Reply {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     loop {
-        let reply = app.get(&format!("/api/ingest/operations/{operation}")).await;
+        let reply = app
+            .get(&format!("/api/ingest/operations/{operation}"))
+            .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
         if reply.body["state"] != "InProgress" || std::time::Instant::now() > deadline {
             return reply;
@@ -300,7 +302,10 @@ async fn settled(app: &TestApp, operation: &str, seconds: u64) -> Reply {
 
 #[tokio::test]
 async fn the_dm_records_what_became_of_each_tracked_blob() {
-    let app = TestApp::builder().emulator(|c| c.ingest = true).start().await;
+    let app = TestApp::builder()
+        .emulator(|c| c.ingest = true)
+        .start()
+        .await;
     let mut blobs = Vec::new();
     for i in 0..3 {
         let uri = app
@@ -316,7 +321,11 @@ async fn the_dm_records_what_became_of_each_tracked_blob() {
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
     let operation = reply.body["operationId"].as_str().unwrap().to_owned();
     let status = settled(&app, &operation, 30).await;
-    assert_eq!(status.body["state"], "PartiallySucceeded", "{}", status.text);
+    assert_eq!(
+        status.body["state"], "PartiallySucceeded",
+        "{}",
+        status.text
+    );
     assert_eq!(status.body["status"]["Succeeded"], 3, "{}", status.text);
     assert_eq!(status.body["status"]["Failed"], 2, "{}", status.text);
     // Three lines of each good blob (no ignoreFirstRecord: the header is a row too).

@@ -112,6 +112,18 @@ impl Backend for Fake {
         })
     }
 
+    async fn upload(
+        &self,
+        _dm: &DmEndpoint,
+        _name: &str,
+        _data: &mut dyn crate::data::DataSource,
+        _deadline: Deadline,
+    ) -> Result<BlobUri, crate::ingest::UploadError> {
+        unreachable!("the trigger never uploads data")
+    }
+
+    async fn discard(&self, _blob: &BlobUri) {}
+
     async fn status(
         &self,
         _operation: &OperationId,

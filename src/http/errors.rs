@@ -54,6 +54,12 @@ pub(crate) enum ApiError {
     NotFound,
     /// The client stopped sending its body.
     BodyTimeout(Duration),
+    /// A data body over `INGEST_MAX_DATA_BYTES`.
+    DataTooLarge {
+        max: u64,
+    },
+    /// A data body that cannot be ingested: its code and why.
+    InvalidData(&'static str, String),
     /// As many requests as allowed are in flight already.
     Busy,
 }
@@ -65,6 +71,8 @@ impl ApiError {
             ApiError::DmNotAllowed(_) | ApiError::Forbidden(_) => 403,
             ApiError::NotFound => 404,
             ApiError::BodyTimeout(_) => 408,
+            ApiError::DataTooLarge { .. } => 413,
+            ApiError::InvalidData(..) => 400,
             ApiError::Busy => 503,
             ApiError::TooManyBlobs { .. } | ApiError::BodyTooLarge { .. } => 413,
         }
@@ -129,6 +137,12 @@ impl ApiError {
                 ),
                 None,
             ),
+            ApiError::DataTooLarge { max } => ErrorDetail::new(
+                "BodyTooLarge",
+                format!("The data is larger than {max} bytes (setting INGEST_MAX_DATA_BYTES)."),
+                None,
+            ),
+            ApiError::InvalidData(code, message) => ErrorDetail::new(code, message.clone(), None),
             ApiError::Busy => ErrorDetail::new(
                 "ServerBusy",
                 "The handler is serving as many requests as it allows (setting INGEST_MAX_REQUESTS); try again shortly.",

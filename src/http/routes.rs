@@ -1,6 +1,7 @@
 //! warp filters. Each route reads its body under the configured limit, calls one handler, and
 //! turns its `Reply` into an HTTP response; nothing else happens here.
 
+use super::data_api::DataRequest;
 use super::errors::{ApiError, Reply};
 use super::{Incoming, Services, operations};
 use crate::ingest::{Backend, Deadline};
@@ -81,6 +82,46 @@ pub(crate) fn routes<B: Backend>(
             },
         );
 
+    let data = warp::post()
+        .and(warp::path!("api" / "ingest" / String / String))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("content-encoding"))
+        .and(warp::header::optional::<String>("x-ms-client-principal"))
+        .and(with_services.clone())
+        .and(body)
+        .then(
+            |database: String,
+             table: String,
+             query: String,
+             content_type: Option<String>,
+             content_encoding: Option<String>,
+             principal: Option<String>,
+             services: Arc<Services<B>>,
+             content_length: Option<u64>,
+             body| async move {
+                let deadline = Deadline::after(services.data_deadline);
+                let Some(_in_flight) = services.admit() else {
+                    return to_response(ApiError::Busy.into());
+                };
+                let request = DataRequest {
+                    database,
+                    table,
+                    query,
+                    content_type,
+                    content_encoding,
+                    content_length,
+                    principal,
+                    body: Box::pin(body),
+                };
+                let reply = services
+                    .data_api
+                    .handle(&services.backend, request, deadline)
+                    .await;
+                to_response(reply)
+            },
+        );
+
     let operation = warp::get()
         .and(warp::path!("api" / "ingest" / "operations" / String))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -102,6 +143,8 @@ pub(crate) fn routes<B: Backend>(
 
     ready
         .or(ingest)
+        .unify()
+        .or(data)
         .unify()
         .or(operation)
         .unify()

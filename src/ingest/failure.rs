@@ -36,6 +36,8 @@ pub(crate) enum FailureCode {
     /// The blob is to be tracked, but its status row could not be written (or the DM hands out
     /// no status table); it was not queued.
     TrackingUnavailable,
+    /// A data body could not be stored in the DM's temporary storage.
+    UploadUnavailable,
 }
 
 impl FailureCode {
@@ -52,6 +54,7 @@ impl FailureCode {
             FailureCode::QueueOutcomeUnknown => "QueueOutcomeUnknown",
             FailureCode::DeadlineExceeded => "DeadlineExceeded",
             FailureCode::TrackingUnavailable => "TrackingUnavailable",
+            FailureCode::UploadUnavailable => "UploadUnavailable",
         }
     }
 
@@ -64,7 +67,8 @@ impl FailureCode {
             | FailureCode::QueueUnavailable
             | FailureCode::QueueOutcomeUnknown
             | FailureCode::DeadlineExceeded
-            | FailureCode::TrackingUnavailable => true,
+            | FailureCode::TrackingUnavailable
+            | FailureCode::UploadUnavailable => true,
             FailureCode::DataManagementUnauthorized
             | FailureCode::DataManagementRejected
             | FailureCode::MessageTooLarge

@@ -70,6 +70,15 @@ pub(crate) enum StatusError {
     Unavailable(BlobFailure),
 }
 
+/// Why a data body was not stored.
+#[derive(Debug, Clone)]
+pub(crate) enum UploadError {
+    /// The body itself (empty, too large, broken gzip, the client went away).
+    Data(crate::data::DataError),
+    /// The storage refused or could not be reached.
+    Storage(BlobFailure),
+}
+
 /// A way of getting blobs ingested by a cluster.
 pub(crate) trait Backend: Send + Sync + 'static {
     /// Ingests a batch: one outcome per job, or one failure for all of them when none could be
@@ -78,6 +87,19 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &self,
         batch: Batch<'_>,
     ) -> impl Future<Output = Result<Ingested, BlobFailure>> + Send;
+
+    /// Stores a data body for ingestion through `dm` as blob `name`: the blob's URI, with the
+    /// credentials the cluster reads it with. Nothing is left committed when this fails.
+    fn upload(
+        &self,
+        dm: &DmEndpoint,
+        name: &str,
+        data: &mut dyn crate::data::DataSource,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<BlobUri, UploadError>> + Send;
+
+    /// Deletes an uploaded blob whose ingestion was not queued (best effort).
+    fn discard(&self, blob: &BlobUri) -> impl Future<Output = ()> + Send;
 
     /// A page of a tracked operation's blobs. `operation.dm` is allowlisted.
     fn status(

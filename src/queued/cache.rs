@@ -3,7 +3,7 @@
 
 use super::authorization::AuthorizationContext;
 use super::pool::QueuePool;
-use super::resources::IngestionResources;
+use super::resources::{IngestionResources, StorageRoot};
 use super::status_table::StatusTable;
 use crate::dm::{DmClient, DmError};
 use crate::domain::DmEndpoint;
@@ -32,6 +32,8 @@ pub(super) struct Snapshot {
     pub(super) authorization_context: AuthorizationContext,
     /// Where tracked blobs are recorded, when the DM hands out a status table.
     pub(super) status_table: Option<StatusTable>,
+    /// Where data bodies are uploaded.
+    pub(super) temp_containers: Vec<StorageRoot>,
     refresh_at: Instant,
     /// When the queue SAS stops working, as a monotonic instant.
     usable_until: Instant,
@@ -276,6 +278,7 @@ impl ResourceCache {
             pool,
             authorization_context,
             status_table: resources.status_table.clone(),
+            temp_containers: resources.temp_containers.clone(),
             // Refresh well before the SAS expires even when it is short-lived.
             refresh_at: now + REFRESH_AFTER.min(usable_for / 2),
             usable_until: now + usable_for,

@@ -11,12 +11,15 @@ mod resources;
 mod sender;
 mod status_table;
 mod tracking;
+mod upload;
 
+use crate::data::DataSource;
 use crate::dm::{DmClient, DmError};
+use crate::domain::BlobUri;
 use crate::domain::{AllowedDms, DmEndpoint};
 use crate::ingest::{
     Backend, Batch, BlobFailure, BlobJob, BlobOutcome, Counts, Deadline, FailureCode, Ingested,
-    OperationId, PageRequest, StatusError, StatusPage,
+    OperationId, PageRequest, StatusError, StatusPage, UploadError,
 };
 use cache::{ResourceCache, Snapshot};
 use futures::StreamExt;
@@ -35,6 +38,8 @@ pub(crate) struct QueuedBackend {
     per_request: usize,
     /// The process's HTTP client, for the status table.
     http: reqwest::Client,
+    /// The same client for SDK clients (temporary storage).
+    transport: azure_core::http::Transport,
 }
 
 impl QueuedBackend {
@@ -54,6 +59,7 @@ impl QueuedBackend {
         Self {
             dms,
             per_request: max_concurrency,
+            transport: crate::transport::azure_transport(&http),
             http,
         }
     }
@@ -155,6 +161,46 @@ impl Backend for QueuedBackend {
             outcomes,
             operation,
         })
+    }
+
+    async fn upload(
+        &self,
+        dm: &DmEndpoint,
+        name: &str,
+        data: &mut dyn DataSource,
+        deadline: Deadline,
+    ) -> Result<BlobUri, UploadError> {
+        let queues = self.queues(dm).map_err(UploadError::Storage)?;
+        let snapshot = snapshot(queues, dm, deadline)
+            .await
+            .map_err(UploadError::Storage)?;
+        upload::upload(
+            &snapshot.temp_containers,
+            queues.ranking(),
+            &self.transport,
+            name,
+            data,
+            deadline,
+        )
+        .await
+    }
+
+    async fn discard(&self, blob: &BlobUri) {
+        let Ok(url) = url::Url::parse(blob.expose_with_credentials()) else {
+            return;
+        };
+        let options = azure_storage_blob::BlobClientOptions {
+            client_options: crate::transport::sdk_options(&self.transport),
+            ..azure_storage_blob::BlobClientOptions::default()
+        };
+        let Ok(client) = azure_storage_blob::BlobClient::new(url, None, Some(options)) else {
+            return;
+        };
+        let deleted =
+            tokio::time::timeout(std::time::Duration::from_secs(10), client.delete(None)).await;
+        if !matches!(deleted, Ok(Ok(_))) {
+            tracing::warn!(blob = %blob, "could not delete an uploaded blob that was not queued; storage expires it with the container's lifecycle");
+        }
     }
 
     async fn status(

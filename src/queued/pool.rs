@@ -11,7 +11,7 @@
 
 use super::message::QueueText;
 use super::ranking::{AccountRanking, TIERS};
-use super::resources::QueueResource;
+use super::resources::StorageRoot;
 use crate::domain::scrub_secrets;
 use crate::ingest::Deadline;
 use bytes::Bytes;
@@ -61,7 +61,7 @@ impl PostError {
 }
 
 struct Target {
-    resource: QueueResource,
+    resource: StorageRoot,
     /// `{queue}/messages?{sas}`, built once.
     put_url: Url,
     /// Queue URL without its SAS, for logs.
@@ -83,7 +83,7 @@ pub(crate) struct QueuePool {
 }
 
 impl QueuePool {
-    pub(crate) fn new(resources: &[QueueResource], http: &reqwest::Client) -> Result<Self, String> {
+    pub(crate) fn new(resources: &[StorageRoot], http: &reqwest::Client) -> Result<Self, String> {
         let mut targets = Vec::with_capacity(resources.len());
         for resource in resources {
             if resource.url.cannot_be_a_base() {
@@ -262,7 +262,7 @@ mod tests {
         crate::transport::http_client().unwrap()
     }
 
-    fn resources(spec: &[(&str, &str)]) -> Vec<QueueResource> {
+    fn resources(spec: &[(&str, &str)]) -> Vec<StorageRoot> {
         let rows: Vec<String> = spec
             .iter()
             .map(|(a, q)| format!(r#"["SecuredReadyForAggregationQueue","https://{a}.queue.core.windows.net/{q}?sig=s"]"#))

@@ -1,4 +1,5 @@
-//! `.get ingestion resources`: which queues to post messages to.
+//! `.get ingestion resources`: the queues to post messages to, the temporary containers to upload
+//! data to, and the status table.
 
 use super::status_table::StatusTable;
 use crate::dm::v1::{V1Response, V1Table};
@@ -9,32 +10,33 @@ use std::fmt;
 use time::OffsetDateTime;
 use url::Url;
 
-/// One `SecuredReadyForAggregationQueue`.
+/// One storage root the DM hands out: a `SecuredReadyForAggregationQueue` or a `TempStorage`
+/// container.
 #[derive(Clone)]
-pub(crate) struct QueueResource {
+pub(crate) struct StorageRoot {
     /// Storage account name: the first DNS label (`acct.queue.core.windows.net`), or the first path
     /// segment for path-style loopback endpoints (Azurite), so the queues of one account share
     /// their health statistics.
     pub(crate) account: String,
-    /// Queue URL with its SAS.
+    /// Queue or container URL with its SAS.
     pub(crate) url: Url,
     /// The SAS's `se`, when it has one.
     pub(crate) sas_expiry: Option<OffsetDateTime>,
 }
 
-impl fmt::Debug for QueueResource {
+impl fmt::Debug for StorageRoot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QueueResource({})", redact_url(self.url.as_str()))
+        write!(f, "StorageRoot({})", redact_url(self.url.as_str()))
     }
 }
 
-impl QueueResource {
+impl StorageRoot {
     fn parse(raw: &str) -> Result<Self, String> {
         let url = Url::parse(raw)
-            .map_err(|e| format!("queue URI {} is not a URL: {e}", redact_url(raw)))?;
+            .map_err(|e| format!("storage URI {} is not a URL: {e}", redact_url(raw)))?;
         let host = url.host_str().unwrap_or_default().to_owned();
         if !scheme_allowed(&url) {
-            return Err(format!("queue URI {} must use https", redact_url(raw)));
+            return Err(format!("storage URI {} must use https", redact_url(raw)));
         }
         let path_style = is_loopback_host(&host) || host.parse::<std::net::IpAddr>().is_ok();
         let account = if path_style {
@@ -47,7 +49,7 @@ impl QueueResource {
         };
         if account.is_empty() {
             return Err(format!(
-                "queue URI {} names no storage account",
+                "storage URI {} names no storage account",
                 redact_url(raw)
             ));
         }
@@ -74,7 +76,9 @@ impl QueueResource {
 /// the DM itself writes to.
 #[derive(Debug, Clone)]
 pub(crate) struct IngestionResources {
-    pub(crate) queues: Vec<QueueResource>,
+    pub(crate) queues: Vec<StorageRoot>,
+    /// `TempStorage` containers, for data uploaded through the handler.
+    pub(crate) temp_containers: Vec<StorageRoot>,
     /// `IngestionsStatusTable`, for tracked blobs; the first when there are several.
     pub(crate) status_table: Option<StatusTable>,
     pub(crate) other_resources: usize,
@@ -99,6 +103,7 @@ impl IngestionResources {
         let mut queues = Vec::new();
         let mut other_resources = 0;
         let mut status_table = None;
+        let mut temp_containers = Vec::new();
         for row in &table.rows {
             let (Some(kind), Some(root)) = (
                 V1Table::string_at(row, type_col),
@@ -108,7 +113,9 @@ impl IngestionResources {
             };
             // Unknown resource types are ignored, as the Python, Go and Node SDKs do.
             if kind.eq_ignore_ascii_case("SecuredReadyForAggregationQueue") {
-                queues.push(QueueResource::parse(root)?);
+                queues.push(StorageRoot::parse(root)?);
+            } else if kind.eq_ignore_ascii_case("TempStorage") {
+                temp_containers.push(StorageRoot::parse(root)?);
             } else if kind.eq_ignore_ascii_case("IngestionsStatusTable") && status_table.is_none() {
                 status_table = Some(StatusTable::parse(root)?);
             } else {
@@ -120,6 +127,7 @@ impl IngestionResources {
         }
         Ok(Self {
             queues,
+            temp_containers,
             status_table,
             other_resources,
         })
@@ -127,7 +135,12 @@ impl IngestionResources {
 
     /// The earliest SAS expiry among the queues: past it, these resources are useless.
     pub(crate) fn sas_expiry(&self) -> Option<OffsetDateTime> {
-        self.queues.iter().filter_map(|q| q.sas_expiry).min()
+        // Temp containers count too: an upload with an expired SAS fails like a post does.
+        self.queues
+            .iter()
+            .chain(&self.temp_containers)
+            .filter_map(|r| r.sas_expiry)
+            .min()
     }
 }
 
@@ -155,7 +168,9 @@ mod tests {
         assert_eq!(r.queues.len(), 2);
         assert_eq!(r.queues[0].account, "1hekstrldmycluster00");
         assert_eq!(r.queues[1].account, "1hekstrldmycluster01");
-        assert_eq!(r.other_resources, 3);
+        assert_eq!(r.other_resources, 2);
+        assert_eq!(r.temp_containers.len(), 1);
+        assert_eq!(r.temp_containers[0].account, "rvjkstrldmycluster00");
         assert_eq!(r.sas_expiry().unwrap().hour(), 18);
         assert!(!format!("{:?}", r.queues[0]).contains("sig="));
     }

@@ -56,6 +56,11 @@ impl DmQueues {
         }
     }
 
+    /// How this DM's storage accounts have been doing (queues and uploads alike).
+    pub(super) fn ranking(&self) -> &AccountRanking {
+        &self.ranking
+    }
+
     /// Resources to post with (see [`ResourceCache::get`]).
     pub(super) async fn snapshot(&self) -> Result<Arc<Snapshot>, DmError> {
         self.cache.get().await

@@ -237,7 +237,7 @@ impl TestApp {
         }
     }
 
-    /// Sends a request exactly as the Functions host forwards it with `enableForwardingHttpRequest`.
+    /// Sends a request exactly as the Functions host proxies it (`enableProxyingHttpRequest`).
     pub async fn post_ingest(&self, body: &Value) -> Reply {
         self.post_raw(
             serde_json::to_vec(body).expect("serialize"),

@@ -2,9 +2,9 @@
 //! backend, and answered with one result per blob.
 
 mod parse;
-mod results;
 
 use super::errors::{ApiError, ErrorDetail, Reply, nothing_queued};
+use super::results;
 use crate::authorization::{Caller, Denial, Policy, Request};
 use crate::domain::AllowedDms;
 use crate::ingest::{Backend, Batch, BlobJob, BlobOutcome, Deadline, Ingested};

@@ -131,7 +131,18 @@ async fn process(state: &State, client: &reqwest::Client, text: &str) -> Ingesti
         Ok(Done::Appended { rows, source }) => {
             outcome.rows = rows;
             if !msg.retain_blob_on_success {
-                match download::delete(client, &source).await {
+                // The DM deletes blobs in its own temporary storage with its own credentials (the
+                // SAS it handed out for uploads has no delete right); others with the caller's SAS.
+                let deleted = match own_temp_blob(state, &source.display) {
+                    Some((account, container, name)) => state
+                        .storage
+                        .delete_blob(&account, &container, &name)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => download::delete(client, &source).await,
+                };
+                match deleted {
                     Ok(()) => outcome.blob_deleted = true,
                     Err(e) => outcome.report_errors.push(e),
                 }
@@ -285,4 +296,21 @@ async fn report(
         Ok(()) => o.reported.push(report),
         Err(e) => o.report_errors.push(format!("notification: {e}")),
     }
+}
+
+/// `(account, container, blob)` when `url` names a blob in one of this emulator's `TempStorage`
+/// containers.
+fn own_temp_blob(state: &State, url: &str) -> Option<(String, String, String)> {
+    state
+        .layout
+        .temp_containers
+        .iter()
+        .find_map(|(account, container)| {
+            let prefix = format!(
+                "{}/{container}/",
+                state.storage.blob_endpoint(account).trim_end_matches('/')
+            );
+            url.strip_prefix(&prefix)
+                .map(|name| (account.clone(), container.clone(), name.to_owned()))
+        })
 }

@@ -1,4 +1,4 @@
-//! The per-blob answer of `POST /api/ingest`, serialized straight from the jobs and outcomes (no
+//! The per-blob answer of `POST /api/ingest` (and of a data upload), serialized straight from the jobs and outcomes (no
 //! intermediate JSON tree).
 
 use crate::domain::{BlobUri, SourceId};
@@ -57,7 +57,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// How many outcomes are queued, unknown and failed.
-pub(super) fn counts(outcomes: &[BlobOutcome]) -> (usize, usize, usize) {
+pub(crate) fn counts(outcomes: &[BlobOutcome]) -> (usize, usize, usize) {
     outcomes.iter().fold(
         (0, 0, 0),
         |(queued, unknown, failed), outcome| match outcome {
@@ -69,7 +69,7 @@ pub(super) fn counts(outcomes: &[BlobOutcome]) -> (usize, usize, usize) {
 }
 
 /// The answer to a request: one result per job, in order, and what the request as a whole says.
-pub(super) struct Answer<'a> {
+pub(crate) struct Answer<'a> {
     jobs: &'a [BlobJob],
     outcomes: &'a [BlobOutcome],
     error: Option<&'a ErrorDetail>,
@@ -77,7 +77,7 @@ pub(super) struct Answer<'a> {
 }
 
 impl<'a> Answer<'a> {
-    pub(super) fn new(jobs: &'a [BlobJob], outcomes: &'a [BlobOutcome]) -> Self {
+    pub(crate) fn new(jobs: &'a [BlobJob], outcomes: &'a [BlobOutcome]) -> Self {
         Self {
             jobs,
             outcomes,
@@ -86,15 +86,15 @@ impl<'a> Answer<'a> {
         }
     }
 
-    pub(super) fn error(self, error: Option<&'a ErrorDetail>) -> Self {
+    pub(crate) fn error(self, error: Option<&'a ErrorDetail>) -> Self {
         Self { error, ..self }
     }
 
-    pub(super) fn operation(self, operation: Option<&'a OperationId>) -> Self {
+    pub(crate) fn operation(self, operation: Option<&'a OperationId>) -> Self {
         Self { operation, ..self }
     }
 
-    pub(super) fn reply(self, status: u16, retry_after: Option<Duration>) -> Reply {
+    pub(crate) fn reply(self, status: u16, retry_after: Option<Duration>) -> Reply {
         let (queued, unknown, failed) = counts(self.outcomes);
         let blobs = self
             .jobs
@@ -127,7 +127,7 @@ impl<'a> Answer<'a> {
             error: self.error,
             status_uri: operation_id
                 .as_ref()
-                .map(|id| super::super::operations::status_uri(id)),
+                .map(|id| super::operations::status_uri(id)),
             operation_id,
         };
         Reply::json(status, retry_after, &body)

@@ -1,0 +1,35 @@
+//! A request body of data (not blob URLs), as it streams in: gzip-compressed on the way (or, when
+//! it arrives gzip-compressed, checked and passed through), its uncompressed size counted, its size
+//! bounded, and never held whole. A backend stores what this yields.
+
+mod gzip;
+
+pub(crate) use gzip::GzipBody;
+
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+
+/// Why a data body cannot be ingested; each is the caller's to fix, except a broken connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DataError {
+    #[error("the request body is empty: there is no data to ingest")]
+    Empty,
+    #[error("the request body is larger than {max} bytes (setting INGEST_MAX_DATA_BYTES)")]
+    TooLarge { max: u64 },
+    #[error("the request body is not a complete gzip stream (Content-Encoding: gzip): {0}")]
+    BadGzip(String),
+    #[error("the request body stopped arriving: {0}")]
+    Interrupted(String),
+}
+
+/// Compressed data, a chunk at a time. The seam between a request body and a backend's storage.
+pub(crate) trait DataSource: Send {
+    /// The next chunk of gzip data; `None` once the body is complete and valid.
+    fn next_chunk(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Bytes>, DataError>> + Send + '_>>;
+
+    /// Uncompressed bytes so far; exact once `next_chunk` has answered `None`.
+    fn raw_size(&self) -> u64;
+}
