@@ -1159,6 +1159,51 @@ fn release_workflow_publishes_the_package_the_template_deploys() {
     assert!(!wf.contains('\t'), "YAML must not contain tabs");
 }
 
+#[test]
+fn ci_workflow_runs_the_readme_test_command() {
+    // .ci/run is exactly the README's test command, and ci.yml runs .ci/run on every push and PR.
+    let run = read(".ci/run");
+    let commands: Vec<&str> = run
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "set -euo pipefail",
+            "cd \"$(dirname \"$0\")/..\"",
+            "cargo test --workspace"
+        ],
+        ".ci/run must run exactly the README's test command"
+    );
+    let readme = read("README.md");
+    assert!(
+        readme.contains("```sh\ncargo test --workspace\n```"),
+        "README.md shows `cargo test --workspace` as the test command"
+    );
+    let wf = read(".github/workflows/ci.yml");
+    for needle in [
+        "\non:\n  push:\n  pull_request:\n",
+        "runs-on: ubuntu-latest",
+        "uses: actions/setup-node@v4",
+        "node-version: 20",
+        "rustup toolchain install stable",
+        "uses: actions/cache@v4",
+        "~/.cargo/registry/",
+        "target/",
+        "run: bash .ci/run",
+    ] {
+        assert!(wf.contains(needle), "ci.yml lacks {needle:?}");
+    }
+    assert_eq!(
+        wf.matches("run: ").count(),
+        2,
+        "ci.yml runs only the toolchain setup and .ci/run"
+    );
+    assert!(!wf.contains('\t'), "YAML must not contain tabs");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The package
 
