@@ -91,7 +91,7 @@ fn inner_templates(t: &Value) -> Vec<(&Value, &Value)> {
         .into_iter()
         .map(|d| {
             assert_eq!(
-                d["properties"]["expressionEvaluationOptions"]["scope"], "inner",
+                d["properties"]["expressionEvaluationOptions"]["scope"], "Inner",
                 "nested deployment {} must use inner expression scope",
                 d["name"]
             );
@@ -439,6 +439,539 @@ fn reference_checks_catch_mistakes() {
         problems.iter().any(|p| p.contains("unbalanced")),
         "{problems:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resource properties against the provider schemas (deploy/schemas/providers, see its README)
+
+/// The vendored provider schema files, by the URI they are published under.
+const PROVIDER_SCHEMAS: [&str; 11] = [
+    "2024-04-01/Microsoft.Web.json",
+    "2023-05-01/Microsoft.Storage.json",
+    "2022-06-15/Microsoft.EventGrid.json",
+    "2024-04-13/Microsoft.Kusto.json",
+    "2022-04-01/Microsoft.Authorization.json",
+    "2023-01-31/Microsoft.ManagedIdentity.json",
+    "2023-08-01/Microsoft.Resources.json",
+    "2022-09-01/Microsoft.Resources.json",
+    "2023-09-01/Microsoft.OperationalInsights.json",
+    "2020-02-02/Microsoft.Insights.Application.json",
+    "common/definitions.json",
+];
+
+const SCHEMA_BASE: &str = "https://schema.management.azure.com/schemas/";
+
+/// Adds `additionalProperties: false` to every object schema that lists its `properties` and says
+/// nothing about others, so that a misspelt or misplaced property fails (the provider schemas leave
+/// objects open). Composite schemas (`allOf`/`anyOf`/`oneOf` beside `properties`) stay open.
+fn close_objects(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let closable = m.get("properties").is_some_and(Value::is_object)
+                && !m.contains_key("additionalProperties")
+                && !["allOf", "anyOf", "oneOf"]
+                    .iter()
+                    .any(|k| m.contains_key(*k));
+            if closable {
+                m.insert("additionalProperties".into(), json!(false));
+            }
+            // A discriminated base type (`properties` beside `oneOf` branches, e.g. Event Grid's
+            // AdvancedFilter with its `key`): each branch also allows the base's properties.
+            let base: Vec<String> = m
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            for k in ["oneOf", "anyOf"] {
+                for branch in m
+                    .get_mut(k)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(props) = branch.get_mut("properties").and_then(Value::as_object_mut)
+                    {
+                        for name in &base {
+                            props.entry(name.clone()).or_insert(json!({}));
+                        }
+                    }
+                }
+            }
+            // `properties` maps names to schemas: recurse into the schemas, not the map itself.
+            for (k, x) in m.iter_mut() {
+                if k == "properties" {
+                    if let Some(props) = x.as_object_mut() {
+                        props.values_mut().for_each(close_objects);
+                    }
+                } else {
+                    close_objects(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+/// A resource definition describes the resource object itself, whose top level also carries the
+/// template's own keys (`condition`, `dependsOn`, `scope`, …, checked by the skeleton test): close
+/// what it nests, not its top level or the top level of its `oneOf` branches.
+fn close_resource_definition(rd: &mut Value) {
+    fn close_members(level: &mut Value) {
+        if let Some(props) = level.get_mut("properties").and_then(Value::as_object_mut) {
+            props.values_mut().for_each(close_objects);
+        }
+    }
+    close_members(rd);
+    if let Some(branches) = rd.get_mut("oneOf").and_then(Value::as_array_mut) {
+        branches.iter_mut().for_each(close_members);
+    }
+}
+
+/// `oneOf: [<literal schema>, <expression>]` -> `anyOf`. The provider schemas offer an ARM expression
+/// as an alternative to almost every value; an expression that also fits the literal schema (a short
+/// name, a parameter value under `oneOf: [{}, expression]`) would otherwise match both and fail.
+fn expression_alternatives_any_of(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let is_expression_alternative =
+                m.get("oneOf")
+                    .and_then(Value::as_array)
+                    .is_some_and(|branches| {
+                        branches.iter().any(|b| {
+                            b["$ref"].as_str().is_some_and(|r| {
+                                r.ends_with("common/definitions.json#/definitions/expression")
+                            })
+                        })
+                    });
+            if is_expression_alternative {
+                let branches = m.remove("oneOf").unwrap();
+                m.insert("anyOf".into(), branches);
+            }
+            m.values_mut().for_each(expression_alternatives_any_of);
+        }
+        Value::Array(a) => a.iter_mut().for_each(expression_alternatives_any_of),
+        _ => {}
+    }
+}
+
+/// A resource as the provider sees it once ARM has evaluated its name: `[format('{0}/scm', …)]`
+/// becomes `sample0/scm`, `[guid(…)]` a GUID, any other expression `sample0`. The name picks the `oneOf` branch
+/// of resources whose properties depend on it (`sites/config` `authsettingsV2`, …). Other
+/// expressions stay: the schemas accept an expression wherever a value is expected.
+fn with_sample_name(r: &Value) -> Value {
+    let mut r = r.clone();
+    let Some(name) = r["name"].as_str() else {
+        return r;
+    };
+    let Some(expr) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) else {
+        return r;
+    };
+    let sample = if let Some((fmt, _)) = expr
+        .strip_prefix("format('")
+        .and_then(|rest| rest.split_once('\''))
+    {
+        let mut out = fmt.to_owned();
+        for n in 0..10 {
+            out = out.replace(&format!("{{{n}}}"), &format!("sample{n}"));
+        }
+        out
+    } else if expr.starts_with("guid(") {
+        "00000000-0000-0000-0000-000000000000".to_owned()
+    } else {
+        "sample0".to_owned()
+    };
+    r["name"] = json!(sample);
+    r
+}
+
+struct ProviderSchemas {
+    registry: jsonschema::Registry<'static>,
+    /// (lower-case type, apiVersion) -> `<uri>#/resourceDefinitions/<name>`
+    definitions: BTreeMap<(String, String), String>,
+}
+
+fn provider_schemas(closed: bool) -> ProviderSchemas {
+    let mut docs = Vec::new();
+    let mut definitions = BTreeMap::new();
+    for rel in PROVIDER_SCHEMAS {
+        let mut doc = json_file(&format!("deploy/schemas/providers/{rel}"));
+        let uri = format!("{SCHEMA_BASE}{rel}");
+        assert_eq!(
+            doc["id"].as_str().map(|s| s.trim_end_matches('#')),
+            Some(uri.as_str()),
+            "{rel}: id"
+        );
+        assert_eq!(doc["$schema"], "http://json-schema.org/draft-04/schema#");
+        expression_alternatives_any_of(&mut doc);
+        if closed {
+            if let Some(defs) = doc.get_mut("definitions").and_then(Value::as_object_mut) {
+                defs.values_mut().for_each(close_objects);
+            }
+            if let Some(rds) = doc
+                .get_mut("resourceDefinitions")
+                .and_then(Value::as_object_mut)
+            {
+                rds.values_mut().for_each(close_resource_definition);
+            }
+        }
+        for (name, rd) in doc["resourceDefinitions"].as_object().into_iter().flatten() {
+            let ty = rd["properties"]["type"]["enum"][0]
+                .as_str()
+                .unwrap_or_else(|| panic!("{rel}: {name} has no type enum"));
+            for version in rd["properties"]["apiVersion"]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{rel}: {name} has no apiVersion enum"))
+            {
+                let key = (
+                    ty.to_ascii_lowercase(),
+                    version.as_str().unwrap().to_owned(),
+                );
+                let target = format!("{uri}#/resourceDefinitions/{name}");
+                assert!(
+                    definitions.insert(key.clone(), target).is_none(),
+                    "{key:?} is defined twice"
+                );
+            }
+        }
+        docs.push((uri, doc));
+    }
+    let registry = jsonschema::Registry::new()
+        .draft(jsonschema::Draft::Draft4)
+        .extend(docs)
+        .and_then(|b| b.prepare())
+        .expect("the vendored provider schemas form a registry");
+    ProviderSchemas {
+        registry,
+        definitions,
+    }
+}
+
+impl ProviderSchemas {
+    fn validator(&self, resource: &Value) -> Result<jsonschema::Validator, String> {
+        let key = (
+            resource["type"].as_str().unwrap_or("").to_ascii_lowercase(),
+            resource["apiVersion"].as_str().unwrap_or("").to_owned(),
+        );
+        let target = self.definitions.get(&key).ok_or_else(|| {
+            format!("no vendored provider schema for {key:?} (deploy/schemas/vendor.py)")
+        })?;
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft4)
+            .with_registry(&self.registry)
+            .build(&json!({ "$ref": target }))
+            .map_err(|e| format!("{target} does not compile: {e}"))
+    }
+
+    /// Problems of every resource of `t` (nested templates included).
+    fn problems(&self, t: &Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        for r in all_resources(t) {
+            let what = format!("{} {} ({})", r["type"], r["name"], r["apiVersion"]);
+            match self.validator(r) {
+                Err(e) => problems.push(format!("{what}: {e}")),
+                Ok(v) => {
+                    for e in schema_errors(&v, &with_sample_name(r)) {
+                        problems.push(format!("{what}: {e}"));
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
+#[test]
+fn every_resource_validates_against_its_provider_schema() {
+    let t = template();
+    for closed in [false, true] {
+        let schemas = provider_schemas(closed);
+        let problems = schemas.problems(&t);
+        assert!(
+            problems.is_empty(),
+            "resources that do not match their provider schema (closed objects: {closed}):\n{}",
+            problems.join("\n")
+        );
+    }
+}
+
+#[test]
+fn provider_schema_checks_catch_mistakes() {
+    let schemas = provider_schemas(true);
+    let site_index = |t: &Value| {
+        resources(t)
+            .iter()
+            .position(|r| r["type"] == "Microsoft.Web/sites")
+            .unwrap()
+    };
+    let expect_problem = |t: &Value, needle: &str, what: &str| {
+        let problems = schemas.problems(t);
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{what} passed the provider schemas; problems: {problems:?}"
+        );
+    };
+    let mut t = template();
+    let i = site_index(&t);
+    t["resources"][i]["properties"]["functionAppConfig"]["runtime"]["nmae"] = json!("custom");
+    expect_problem(&t, "nmae", "a misspelt functionAppConfig.runtime property");
+    let mut t = template();
+    t["resources"][i]["properties"]["siteConfig"]["minTlsVersoin"] = json!("1.2");
+    expect_problem(&t, "minTlsVersoin", "a misspelt siteConfig property");
+    let mut t = template();
+    let fac = t["resources"][i]["properties"]["functionAppConfig"].take();
+    t["resources"][i]["properties"]["siteConfig"]["functionAppConfig"] = fac;
+    expect_problem(
+        &t,
+        "functionAppConfig",
+        "functionAppConfig moved under siteConfig",
+    );
+    let mut t = template();
+    t["resources"][i]["properties"]["siteConfig"]["ftpsState"] = json!("Sometimes");
+    expect_problem(&t, "Sometimes", "an unknown ftpsState");
+    let mut t = template();
+    t["resources"][i]["properties"]["functionAppConfig"]["scaleAndConcurrency"]["maximumInstanceCount"] =
+        json!("many");
+    expect_problem(&t, "many", "a string where an integer belongs");
+    let mut t = template();
+    t["resources"][i]["apiVersion"] = json!("2019-08-01");
+    expect_problem(
+        &t,
+        "no vendored provider schema",
+        "an API version without a schema",
+    );
+    // Nested templates are checked too: the Event Grid subscription's destination.
+    let mut t = template();
+    let mut changed = 0;
+    for d in t["resources"].as_array_mut().unwrap() {
+        for r in d["properties"]["template"]["resources"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if r["type"] == "Microsoft.EventGrid/systemTopics/eventSubscriptions" {
+                r["properties"]["destination"]["endpointType"] = json!("AzureFunctions");
+                changed += 1;
+            }
+        }
+    }
+    assert_eq!(changed, 1);
+    expect_problem(&t, "AzureFunctions", "an unknown Event Grid endpoint type");
+}
+
+// ---------------------------------------------------------------------------------------------
+// reference()/list*() of conditional resources
+
+/// `resourceId('<type>', <segments>)` of a resource whose name is one expression or a `format()`
+/// of `/`-separated parts; `None` when the name cannot be read that way.
+fn resource_id_expr(r: &Value) -> Option<String> {
+    let ty = r["type"].as_str()?;
+    let name = r["name"].as_str()?;
+    let inner = name.strip_prefix('[')?.strip_suffix(']')?;
+    let segments: Vec<String> = if let Some(rest) = inner.strip_prefix("format('") {
+        let (fmt, args) = rest.split_once("', ")?;
+        let args = split_args(args.strip_suffix(')')?);
+        fmt.split('/')
+            .map(
+                |part| match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    Some(n) => n.parse::<usize>().ok().and_then(|n| args.get(n).cloned()),
+                    None => Some(format!("'{part}'")),
+                },
+            )
+            .collect::<Option<_>>()?
+    } else {
+        vec![inner.to_owned()]
+    };
+    Some(format!("resourceId('{ty}', {})", segments.join(", ")))
+}
+
+/// Splits an argument list at its top-level commas.
+fn split_args(s: &str) -> Vec<String> {
+    let (mut out, mut cur, mut depth, mut in_str) = (Vec::new(), String::new(), 0, false);
+    for c in s.chars() {
+        match c {
+            '\'' => in_str = !in_str,
+            '(' | '[' if !in_str => depth += 1,
+            ')' | ']' if !in_str => depth -= 1,
+            ',' if !in_str && depth == 0 => {
+                out.push(cur.trim().to_owned());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
+/// The calls enclosing byte `at` of expression `e`: (function name, index of the argument `at`
+/// is in, text of the call's first argument), innermost last.
+fn enclosing_calls(e: &str, at: usize) -> Vec<(String, usize, String)> {
+    let b = e.as_bytes();
+    // (name, arg index, start of the first argument)
+    let mut stack: Vec<(String, usize, usize, Option<usize>)> = Vec::new();
+    let mut in_str = false;
+    let mut i = 0;
+    while i < at {
+        let c = b[i] as char;
+        if in_str {
+            if c == '\'' {
+                in_str = false;
+            }
+        } else {
+            match c {
+                '\'' => in_str = true,
+                '(' => {
+                    let start = e[..i]
+                        .rfind(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                        .map_or(0, |p| p + 1);
+                    stack.push((e[start..i].to_owned(), 0, i + 1, None));
+                }
+                ',' => {
+                    if let Some(top) = stack.last_mut() {
+                        if top.1 == 0 {
+                            top.3 = Some(i);
+                        }
+                        top.1 += 1;
+                    }
+                }
+                ')' => {
+                    stack.pop();
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    stack
+        .into_iter()
+        .map(|(name, arg, start, end)| {
+            let first = end.map_or_else(String::new, |end| e[start..end].trim().to_owned());
+            (name, arg, first)
+        })
+        .collect()
+}
+
+/// Every `reference(`/`list…(` call of a conditional resource of `t`'s scope that is not in the
+/// then-branch of an `if(<the resource's condition>, …)`.
+fn unguarded_references(scope_name: &str, t: &Value) -> Vec<String> {
+    let mut conditional: Vec<(String, String)> = Vec::new(); // (resourceId expr, condition)
+    let mut problems = Vec::new();
+    for r in resources(t) {
+        let Some(cond) = r["condition"].as_str() else {
+            continue;
+        };
+        let cond = cond
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        match resource_id_expr(r) {
+            Some(id) => conditional.push((id, cond)),
+            None => problems.push(format!(
+                "{scope_name}: cannot read the name of conditional resource {}",
+                r["name"]
+            )),
+        }
+    }
+    assert!(
+        !conditional.is_empty() || resources(t).iter().all(|r| r.get("condition").is_none()),
+        "{scope_name}: conditional resources not recognised"
+    );
+    let mut strings = Vec::new();
+    strings_in_scope(t, &mut strings);
+    for s in strings
+        .iter()
+        .filter(|s| s.starts_with('[') && !s.starts_with("[["))
+    {
+        for (id, cond) in &conditional {
+            let mut from = 0;
+            while let Some(off) = s[from..].find(id.as_str()) {
+                let at = from + off;
+                from = at + id.len();
+                let calls = enclosing_calls(s, at);
+                // reference(), and list(), listKeys(), listSecrets(), … (all evaluated at run time)
+                let Some(pos) = calls
+                    .iter()
+                    .rposition(|(name, _, _)| name == "reference" || name.starts_with("list"))
+                else {
+                    continue; // resourceId() alone (dependsOn, scope, ids) is evaluated fine
+                };
+                let guarded = calls[..pos]
+                    .iter()
+                    .any(|(name, arg, first)| name == "if" && *arg == 1 && first == cond);
+                if !guarded {
+                    problems.push(format!(
+                        "{scope_name}: {}() of {id} (condition {cond}) is not inside if({cond}, …): {s}",
+                        calls[pos].0
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn references_to_conditional_resources_are_guarded_by_their_condition() {
+    // ARM evaluates reference() and list*() even where the resource's condition is false
+    // (https://learn.microsoft.com/azure/azure-resource-manager/templates/conditional-resource-deployment#runtime-functions),
+    // so each one is wrapped in if(<the same condition>, …).
+    let t = template();
+    let mut problems = unguarded_references("azuredeploy.json", &t);
+    for (d, inner) in inner_templates(&t) {
+        problems.extend(unguarded_references(
+            d["name"].as_str().unwrap_or("nested"),
+            inner,
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn conditional_reference_check_catches_mistakes() {
+    // The deployer identity's principal read without its condition, inside another if(), and in
+    // the else-branch of the right if(): each is reported.
+    let id = "resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', variables('deployerIdentityName'))";
+    for (expr, what) in [
+        (
+            format!("[reference({id}, '2023-01-31').principalId]"),
+            "bare",
+        ),
+        (
+            format!(
+                "[if(parameters('assignKustoIngestor'), reference({id}, '2023-01-31').principalId, '')]"
+            ),
+            "other condition",
+        ),
+        (
+            format!(
+                "[if(parameters('deployCode'), '', reference({id}, '2023-01-31').principalId)]"
+            ),
+            "else-branch",
+        ),
+        (
+            format!("[listKeys({id}, '2023-01-31').keys[0].value]"),
+            "listKeys",
+        ),
+    ] {
+        let mut t = template();
+        t["outputs"]["probe"] = json!({ "type": "string", "value": expr });
+        let problems = unguarded_references("t", &t);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("probe") || p.contains(&expr)),
+            "{what}: not reported: {problems:?}"
+        );
+    }
+    let mut t = template();
+    t["outputs"]["probe"] = json!({ "type": "string",
+        "value": format!("[if(parameters('deployCode'), reference({id}, '2023-01-31').principalId, '')]") });
+    assert!(unguarded_references("t", &t).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
