@@ -1516,10 +1516,37 @@ fn deployment_script_is_the_checked_in_script() {
         !embedded.starts_with('['),
         "scriptContent must not look like an ARM expression"
     );
-    assert!(
-        file.contains("az functionapp deploy"),
-        "the script deploys with az functionapp deploy"
+    // One deploy, the Flex Consumption plan's only deployment technology, through the Azure CLI
+    // command its documentation names (deploy/README.md, "Code deployment on Flex Consumption").
+    let deploys: Vec<&str> = file
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.starts_with('#') && !l.starts_with("log ") && l.contains("az functionapp deploy")
+        })
+        .collect();
+    assert_eq!(
+        deploys,
+        [
+            "until az functionapp deployment source config-zip --resource-group \"$RESOURCE_GROUP\" \\"
+        ],
+        "the script deploys once, with az functionapp deployment source config-zip"
     );
+    assert!(
+        file.contains("--name \"$FUNCTION_APP_NAME\" --src \"$PKG\" --only-show-errors; do"),
+        "config-zip deploys the downloaded package to the app"
+    );
+    for banned in [
+        "--build-remote",
+        "/api/zipdeploy",
+        "WEBSITE_RUN_FROM_PACKAGE",
+        "--src-path",
+    ] {
+        assert!(
+            !file.contains(banned),
+            "{banned} has no place in a Flex deployment"
+        );
+    }
     for var in [
         "RESOURCE_GROUP",
         "FUNCTION_APP_NAME",

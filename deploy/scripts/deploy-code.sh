@@ -36,13 +36,17 @@ if missing:
 PY
 fi
 
+# One deploy is the only deployment technology of the Flex Consumption plan; its Azure CLI command is
+# `az functionapp deployment source config-zip`, which on a Flex app posts the zip to the app's
+# /api/publish endpoint with the signed-in identity's Entra ID token (no basic publishing credentials).
+# See deploy/README.md ("Code deployment on Flex Consumption") for the sources.
 # Role assignments made by the same template can take minutes to reach the App Service front end,
 # so the first attempts may be refused: retry.
 attempt=1
-until az functionapp deploy --resource-group "$RESOURCE_GROUP" --name "$FUNCTION_APP_NAME" \
-    --src-path "$PKG" --type zip --only-show-errors; do
+until az functionapp deployment source config-zip --resource-group "$RESOURCE_GROUP" \
+    --name "$FUNCTION_APP_NAME" --src "$PKG" --only-show-errors; do
   if [ "$attempt" -ge 10 ]; then
-    log "az functionapp deploy failed $attempt times; giving up"
+    log "az functionapp deployment source config-zip failed $attempt times; giving up"
     exit 1
   fi
   log "deploy attempt $attempt failed; retrying in 30 s"
