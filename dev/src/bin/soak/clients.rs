@@ -22,7 +22,7 @@ const SIZES: [(usize, u64); 8] = [
     (200, 2),
 ];
 /// Mean pause between a client's requests (drawn from 0..2×): with 4 clients about 100 blobs/s,
-/// so a default run leaves some 15,000 messages for Azurite to hold and hand back.
+/// so a default run leaves some 12,000 messages for Azurite to hold and hand back.
 const THINK: Duration = Duration::from_millis(500);
 /// Pause after a request that got no HTTP answer (the handler is restarting).
 const NO_ANSWER_PAUSE: Duration = Duration::from_millis(200);
