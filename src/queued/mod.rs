@@ -116,9 +116,11 @@ impl Backend for QueuedBackend {
             .map(StatusTable::connection_string);
         let partition = operation.map(|o| o.to_string());
         let created_at = message::creation_time_now();
-        // Blobs are taken in order, `per_request` at a time. Indexing instead of `jobs.iter()`
-        // keeps the closure free of a higher-ranked lifetime, which rustc cannot yet prove `Send`
-        // through (rust-lang/rust#102211).
+        // Blobs are started in order, `per_request` in flight, and finish in any order: with
+        // in-order completion (`buffered`) one hung post at the front would hold the whole window
+        // until the deadline. Indexing instead of `jobs.iter()` keeps the closure free of a
+        // higher-ranked lifetime, which rustc cannot yet prove `Send` through
+        // (rust-lang/rust#102211).
         let posts = (0..jobs.len()).map(|i| {
             let job = &jobs[i];
             let record = match (&tracking, tracking::tracked(job)) {
@@ -129,20 +131,23 @@ impl Backend for QueuedBackend {
             let snapshot = snapshot.clone();
             let created_at = created_at.as_str();
             async move {
-                match record {
+                let outcome = match record {
                     Err(failure) => BlobOutcome::Failed(failure),
                     Ok(record) => {
                         queues
                             .send(snapshot, job, created_at, record, deadline)
                             .await
                     }
-                }
+                };
+                (i, outcome)
             }
         });
-        let outcomes: Vec<BlobOutcome> = futures::stream::iter(posts)
-            .buffered(self.per_request)
+        let mut finished: Vec<(usize, BlobOutcome)> = futures::stream::iter(posts)
+            .buffer_unordered(self.per_request)
             .collect()
             .await;
+        finished.sort_unstable_by_key(|(i, _)| *i);
+        let outcomes: Vec<BlobOutcome> = finished.into_iter().map(|(_, o)| o).collect();
         let operation = match (tracking, operation) {
             (Some(Ok(table)), Some(partition)) => {
                 tracking::record_failures(

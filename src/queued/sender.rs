@@ -19,6 +19,7 @@ use super::ranking::AccountRanking;
 use crate::dm::DmError;
 use crate::ingest::{BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// The queues of one DM: its cached resources, how its storage accounts have been doing, and its
@@ -183,7 +184,7 @@ impl DmQueues {
                 format!("the ingestion queue rejected the message ({reason})"),
             )),
             Err(PostError::Unavailable(_) | PostError::Unknown(_))
-                if delivery.deadline.expired() =>
+                if delivery.deadline.remaining() < MIN_POST_WINDOW =>
             {
                 Attempt::Done(deadline_passed())
             }
@@ -208,7 +209,9 @@ impl DmQueues {
         let pool = &snapshot.pool;
         let mut last_error = PostError::Unavailable("no ingestion queue is known".to_owned());
         for index in pool.candidates(&self.ranking) {
-            if delivery.deadline.expired() {
+            // A post started this close to the deadline could only end `unknown` (stored, answer
+            // never seen); not sending it keeps the outcome certain.
+            if delivery.deadline.remaining() < MIN_POST_WINDOW {
                 break;
             }
             let account = pool.account(index);
@@ -244,6 +247,9 @@ impl DmQueues {
         Err(last_error)
     }
 }
+
+/// Least time left for a queue post to be worth starting: a healthy post answers in a few ms.
+const MIN_POST_WINDOW: Duration = Duration::from_millis(25);
 
 fn failed(code: FailureCode, message: String) -> BlobOutcome {
     BlobOutcome::Failed(BlobFailure::new(code, message))

@@ -14,9 +14,11 @@
 //!    prints the answer, then polls `GET /api/ingest/operations/{id}` until the emulator's
 //!    ingestion worker is done and prints the outcome (`employees.csv: Succeeded, 5 rows in
 //!    localdb.Employees`, or the DM error code);
-//! 5. watches the routed containers (`landing` by default) and posts a `BlobCreated` invocation
+//! 5. posts dev/sample/readings.ndjson as the body of `POST /api/ingest/localdb/Readings`
+//!    (streamed through the DM's temporary storage) and shows it ingested the same way;
+//! 6. watches the routed containers (`landing` by default) and posts a `BlobCreated` invocation
 //!    to the handler for every new blob, as Event Grid would;
-//! 6. on Ctrl-C stops the processes it started, by their ids.
+//! 7. on Ctrl-C stops the processes it started, by their ids.
 
 // Shared with `bench`, which uses the parts this binary does not.
 #[allow(dead_code)]
@@ -52,6 +54,9 @@ const INGEST_ACCOUNTS: [&str; 2] = ["ingestacct1", "ingestacct2"];
 const DATA_ACCOUNT: &str = "datalake1";
 const SAMPLE_CONTAINER: &str = "samples";
 const SAMPLE_FILE: &str = "dev/sample/employees.csv";
+/// Posted as data (not a blob URL) to the data route.
+const SAMPLE_DATA_FILE: &str = "dev/sample/readings.ndjson";
+const SAMPLE_DATA_TABLE: &str = "Readings";
 /// Lifetime of the SAS URLs printed for copy and paste.
 const PRINTED_SAS_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -238,6 +243,13 @@ async fn run(args: Args) -> Result<(), String> {
             None
         }
     };
+    let data_curl = match ingest_sample_data(&emulator, &handler).await {
+        Ok(curl) => Some(curl),
+        Err(e) => {
+            println!("\nthe data sample failed: {e}\n(the stack stays up so you can look)");
+            None
+        }
+    };
 
     let watcher = tokio::spawn(
         watcher::Watcher {
@@ -249,7 +261,13 @@ async fn run(args: Args) -> Result<(), String> {
         }
         .run(),
     );
-    print_help(&settings, &azurite, &emulator, &handler, sample_curl);
+    print_help(
+        &settings,
+        &azurite,
+        &emulator,
+        &handler,
+        [sample_curl, data_curl],
+    );
 
     let outcome = wait_for_stop(&mut handler).await;
     watcher.abort();
@@ -392,15 +410,66 @@ async fn ingest_sample(
         "\nuploaded {SAMPLE_FILE} to {DATA_ACCOUNT}/{SAMPLE_CONTAINER}/{name}; queueing it:\n  POST {url}"
     );
     println!("{}", show::pretty(&request, 4));
-    let client = reqwest::Client::builder()
+    let client = http_client()?;
+    let post = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(request.to_string());
+    let body = send_and_show(post, &url).await?;
+    show_outcome(&client, handler, emulator, &body, name, "Employees").await;
+    let curl = format!(
+        "curl -sS -X POST {url} -H 'Content-Type: application/json' \\\n     -d '{request}'"
+    );
+    Ok(Some(curl))
+}
+
+/// Posts dev/sample/readings.ndjson as the body of the data route (tracked), prints the answer
+/// and what the emulator made of it. Returns the ready-to-paste curl for the same call.
+async fn ingest_sample_data(
+    emulator: &DmEmulator,
+    handler: &HandlerProcess,
+) -> Result<String, String> {
+    let path = process::workspace_root().join(SAMPLE_DATA_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let lines = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let url = format!(
+        "{}/api/ingest/localdb/{SAMPLE_DATA_TABLE}?tracking=true",
+        handler.url()
+    );
+    println!(
+        "\nposting {SAMPLE_DATA_FILE} ({} bytes, {lines} lines) as data, no blob of yours needed:\n  POST {url}\n  Content-Type: application/x-ndjson",
+        bytes.len()
+    );
+    let client = http_client()?;
+    let post = client
+        .post(&url)
+        .header("content-type", "application/x-ndjson")
+        .body(bytes);
+    let body = send_and_show(post, &url).await?;
+    let label = SAMPLE_DATA_FILE
+        .rsplit('/')
+        .next()
+        .unwrap_or(SAMPLE_DATA_FILE);
+    show_outcome(&client, handler, emulator, &body, label, SAMPLE_DATA_TABLE).await;
+    Ok(format!(
+        "curl -sS -X POST '{url}' -H 'Content-Type: application/x-ndjson' \\\n     --data-binary @{SAMPLE_DATA_FILE}"
+    ))
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .no_proxy()
         .build()
-        .map_err(|e| e.to_string())?;
-    let rsp = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(request.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Sends the request and prints the answer; its JSON body.
+async fn send_and_show(request: reqwest::RequestBuilder, url: &str) -> Result<Value, String> {
+    let rsp = request
         .send()
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
@@ -409,22 +478,31 @@ async fn ingest_sample(
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     println!("  answer: {status}");
     println!("{}", show::pretty(&body, 4));
-    if let Some(operation) = body["operationId"].as_str() {
-        let status_url = format!("{}/api/ingest/operations/{operation}", handler.url());
-        println!("\nwaiting for the DM emulator to ingest it:\n  GET {status_url}");
-        match poll_operation(&client, &status_url).await {
-            Ok(status) => {
-                for blob in status["details"].as_array().into_iter().flatten() {
-                    println!("  {}", outcome_line(blob, emulator));
-                }
+    Ok(body)
+}
+
+/// Polls the answer's operation (when tracked) and prints each blob's outcome.
+async fn show_outcome(
+    client: &reqwest::Client,
+    handler: &HandlerProcess,
+    emulator: &DmEmulator,
+    answer: &Value,
+    label: &str,
+    table: &str,
+) {
+    let Some(operation) = answer["operationId"].as_str() else {
+        return;
+    };
+    let status_url = format!("{}/api/ingest/operations/{operation}", handler.url());
+    println!("\nwaiting for the DM emulator to ingest it:\n  GET {status_url}");
+    match poll_operation(client, &status_url).await {
+        Ok(status) => {
+            for blob in status["details"].as_array().into_iter().flatten() {
+                println!("  {}", outcome_line(blob, emulator, label, table));
             }
-            Err(error) => println!("  {error}"),
         }
+        Err(error) => println!("  {error}"),
     }
-    let curl = format!(
-        "curl -sS -X POST {url} -H 'Content-Type: application/json' \\\n     -d '{request}'"
-    );
-    Ok(Some(curl))
 }
 
 /// `GET` the operation until no blob is in progress (or the wait is over); its last answer.
@@ -445,15 +523,11 @@ async fn poll_operation(client: &reqwest::Client, url: &str) -> Result<Value, St
 }
 
 /// `employees.csv: Succeeded, 5 rows in localdb.Employees`, or the DM's error.
-fn outcome_line(blob: &Value, emulator: &DmEmulator) -> String {
-    let name = blob["url"]
-        .as_str()
-        .and_then(|u| u.rsplit('/').next())
-        .unwrap_or("?");
+fn outcome_line(blob: &Value, emulator: &DmEmulator, name: &str, table: &str) -> String {
     match blob["status"].as_str().unwrap_or("?") {
         "Succeeded" => format!(
-            "{name}: Succeeded, {} rows in localdb.Employees",
-            emulator.row_count("localdb", "Employees")
+            "{name}: Succeeded, {} rows in localdb.{table}",
+            emulator.row_count("localdb", table)
         ),
         "Failed" => format!(
             "{name}: Failed, {} ({}): {}",
@@ -470,8 +544,9 @@ fn print_help(
     azurite: &Azurite,
     emulator: &DmEmulator,
     handler: &HandlerProcess,
-    sample_curl: Option<String>,
+    curls: [Option<String>; 2],
 ) {
+    let [sample_curl, data_curl] = curls;
     let rule = "=".repeat(78);
     let queues: Vec<String> = emulator
         .ingestion_queues()
@@ -482,7 +557,7 @@ fn print_help(
     println!("local stack is up; Ctrl-C stops it");
     println!("{rule}");
     println!(
-        "handler         {}   (pid {})  POST /api/ingest, POST /BlobCreated",
+        "handler         {}   (pid {})  POST /api/ingest, POST /api/ingest/{{db}}/{{table}}, POST /BlobCreated",
         handler.url(),
         handler.pid()
     );
@@ -538,6 +613,12 @@ fn print_help(
     }
     if let Some(curl) = sample_curl {
         println!("\nqueue a blob yourself (the sample CSV; the SAS is valid for 24 h):");
+        println!("  {curl}");
+    }
+    if let Some(curl) = data_curl {
+        println!(
+            "\npost data yourself (streamed through the DM's temporary storage, then queued):"
+        );
         println!("  {curl}");
     }
     if let Some(container) = s.watched_containers.first() {
