@@ -2,8 +2,9 @@
 //!
 //! Three loopback listeners, served from a runtime owned by the emulator (so it works
 //! from any test runtime, or none):
-//! * DM: `POST /v1/rest/mgmt`, `POST /v1/rest/query` (`T | count`) (+ `/_emulator/…` control
-//!   API) — can be stopped/restarted;
+//! * DM: `POST /v1/rest/mgmt`, `POST /v1/rest/query` (`T | count`), the queued-ingestion REST
+//!   API v2 (`/v1/rest/ingestion/…`, see [`RestV2Config`]) (+ `/_emulator/…` control API) — can
+//!   be stopped/restarted;
 //! * identity: `GET /msi/token` (+ `/_emulator/…`) — stays up while the DM is stopped;
 //! * fake storage: null queue and the endpoint of accounts broken with
 //!   `ServerBusy`/`Hang`/`Reset`/`ResetAfterEnqueue` (a minimal HTTP/1.1 server, see `http1`).
@@ -19,6 +20,7 @@ pub mod ingest;
 mod mgmt;
 mod query;
 mod reply;
+mod rest_v2;
 mod server;
 mod state;
 pub mod tables;
@@ -34,6 +36,7 @@ use warp::http::{HeaderMap, Method};
 
 pub use faults::{BreakMode, Faults};
 pub use ingest::{Catalog, FailureStatus, IngestionOutcome, IngestionStatus, Report};
+pub use rest_v2::{RestV2Config, RestV2Request};
 pub use state::{FakeStorageCounts, MgmtRequest, TokenRequest};
 
 use crate::azurite::free_ports;
@@ -82,6 +85,9 @@ pub struct EmulatorConfig {
     /// Databases and tables the worker accepts; `None` (default) accepts any and creates a
     /// table on its first ingestion.
     pub catalog: Option<Catalog>,
+    /// The queued-ingestion REST API (v2): whether it exists, which method the configuration
+    /// prefers, its batch limit and refresh interval.
+    pub rest_v2: RestV2Config,
 }
 
 impl Default for EmulatorConfig {
@@ -101,6 +107,7 @@ impl Default for EmulatorConfig {
             storage_port: 0,
             ingest: false,
             catalog: None,
+            rest_v2: RestV2Config::default(),
         }
     }
 }
@@ -183,6 +190,27 @@ fn routes(state: Arc<State>, which: Listener) -> Routes {
                         }
                         Listener::Dm if path == "/v1/rest/query" && method == Method::POST => {
                             query::handle(state, headers, body).await
+                        }
+                        Listener::Dm if state.rest_v2.enabled => {
+                            match rest_v2::route(
+                                path,
+                                method == Method::GET,
+                                method == Method::POST,
+                            ) {
+                                Some(route) => {
+                                    rest_v2::handle(
+                                        state,
+                                        route,
+                                        method.as_str(),
+                                        path,
+                                        &query,
+                                        headers,
+                                        body,
+                                    )
+                                    .await
+                                }
+                                None => reply::not_found(&format!("{method} {path}")),
+                            }
                         }
                         Listener::Identity if path == "/msi/token" && method == Method::GET => {
                             token::handle(state, &query, &headers).await
@@ -274,6 +302,9 @@ impl DmEmulator {
             trusted_issuers: Mutex::new(Vec::new()),
             ingest_worker: config.ingest,
             ingest: Mutex::new(ingest::Store::new(config.catalog.clone())),
+            rest_v2: config.rest_v2.clone(),
+            v2: Mutex::new(rest_v2::V2State::default()),
+            v2_next_queue: std::sync::atomic::AtomicUsize::new(0),
         });
 
         let rt = runtime.handle().clone();
@@ -558,6 +589,20 @@ impl DmEmulator {
     /// table is the "missing table" fault.
     pub fn set_catalog(&self, catalog: Option<Catalog>) {
         self.state.ingest().set_catalog(catalog);
+    }
+
+    // ----- the v2 REST API (EmulatorConfig::rest_v2) -------------------------------
+
+    /// Every v2 request so far (configuration, queued POSTs, status reads).
+    pub fn rest_v2_requests(&self) -> Vec<RestV2Request> {
+        self.state.v2().requests.clone()
+    }
+
+    /// From now on, a queued POST naming a blob whose URL contains `pattern` answers `status`
+    /// (400 with a bad-request body, any other with a service-error body) and enqueues nothing:
+    /// one batch of a request fails while the others go through.
+    pub fn fail_rest_v2_blobs(&self, pattern: &str, status: u16) {
+        self.state.v2().poisoned.push((pattern.to_string(), status));
     }
 
     /// Messages accepted by the null queue.

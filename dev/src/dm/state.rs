@@ -144,11 +144,21 @@ pub(crate) struct State {
     pub ingest_worker: bool,
     /// Catalog, ingested rows and ingestion outcomes.
     pub ingest: Mutex<ingest::Store>,
+    /// The v2 REST API as configured (`EmulatorConfig::rest_v2`).
+    pub rest_v2: super::rest_v2::RestV2Config,
+    /// Tracked v2 operations, v2 request log, injected v2 failures.
+    pub v2: Mutex<super::rest_v2::V2State>,
+    /// Round-robin position over the ingestion queues for v2 blobs.
+    pub v2_next_queue: std::sync::atomic::AtomicUsize,
 }
 
 impl State {
     pub(crate) fn log(&self) -> MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn v2(&self) -> MutexGuard<'_, super::rest_v2::V2State> {
+        self.v2.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn ingest(&self) -> MutexGuard<'_, ingest::Store> {
@@ -179,6 +189,7 @@ impl State {
         log.mgmt.clear();
         log.token.clear();
         log.fake_storage.clear();
+        self.v2().requests.clear();
         self.null_count.store(0, Ordering::Relaxed);
         self.busy_count.store(0, Ordering::Relaxed);
     }

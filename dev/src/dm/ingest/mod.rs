@@ -17,6 +17,8 @@ mod status;
 mod store;
 mod worker;
 
+#[cfg(test)]
+pub(crate) use message::read as read_message;
 pub use outcome::{FailureStatus, IngestionOutcome, IngestionStatus, Report};
 pub use store::Catalog;
 pub(crate) use store::Store;
