@@ -7,9 +7,17 @@
 //! maximum RSS for every cell against either queue (and for the 100-blob × 4 "CPU cell" the CPU
 //! targets are held to), latency, start-up time and memory, with the targets each is held to.
 //!
+//! With `--upload` (or `--upload-only`, which skips everything else) it also measures data
+//! uploads (issue 11): for each of `--upload-sizes` MB (default 10,100,1000) a fresh handler
+//! takes the body chunked at `POST /api/ingest/{db}/{table}?format=csv`, and the official Python
+//! SDK (`QueuedIngestClient.ingest_from_stream`, in a virtualenv it creates under
+//! `target/bench-venv`) uploads the same bytes to the same DM emulator and Azurite: MB/s and
+//! peak RSS side by side (see `bench/upload.rs`).
+//!
 //! ```text
 //! cargo run --release -p kusto-dev --bin bench -- [--cell-secs S] [--starts N]
 //!     [--handler PATH] [--skip-azurite] [--skip-null] [--cpu-cell-only]
+//!     [--upload | --upload-only] [--upload-sizes MB,MB,...]
 //! ```
 
 // Shared with `local-stack`; the bench uses only part of it.
@@ -21,6 +29,8 @@ mod process;
 mod load;
 #[path = "bench/procfs.rs"]
 mod procfs;
+#[path = "bench/upload.rs"]
+mod upload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,11 +73,21 @@ struct Args {
     skip_azurite: bool,
     skip_null: bool,
     cpu_cell_only: bool,
+    /// Run the data-upload cells after the others.
+    upload: bool,
+    /// Run only the data-upload cells.
+    upload_only: bool,
+    /// Body sizes of the data-upload cells, MB (10^6 bytes).
+    upload_sizes: Vec<u64>,
 }
 
 fn usage() -> &'static str {
     "usage: cargo run --release -p kusto-dev --bin bench -- [--cell-secs S (3)] [--starts N (9)] \
-     [--handler PATH] [--skip-azurite] [--skip-null] [--cpu-cell-only]"
+     [--handler PATH] [--skip-azurite] [--skip-null] [--cpu-cell-only] \
+     [--upload | --upload-only] [--upload-sizes MB,MB,... (10,100,1000)]\n\
+     --upload: also measure data uploads (handler vs the Python SDK, one fresh handler per size);\n\
+     --upload-only: only those; the SDK runs from target/bench-venv (created on first use: \
+     python3 -m venv + pip install -r dev/bench/requirements.txt; PYTHON picks the interpreter)"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -78,6 +98,9 @@ fn parse_args() -> Result<Args, String> {
         skip_azurite: false,
         skip_null: false,
         cpu_cell_only: false,
+        upload: false,
+        upload_only: false,
+        upload_sizes: vec![10, 100, 1000],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -109,6 +132,21 @@ fn parse_args() -> Result<Args, String> {
             "--skip-azurite" => args.skip_azurite = true,
             "--skip-null" => args.skip_null = true,
             "--cpu-cell-only" => args.cpu_cell_only = true,
+            "--upload" => args.upload = true,
+            "--upload-only" => args.upload_only = true,
+            "--upload-sizes" => {
+                let v = value(&arg)?;
+                args.upload_sizes = v
+                    .split(',')
+                    .map(|s| s.trim().parse().ok().filter(|n| (1..=10_000).contains(n)))
+                    .collect::<Option<Vec<u64>>>()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        format!(
+                            "--upload-sizes: '{v}' is not a comma-separated list of MB in 1..=10000"
+                        )
+                    })?;
+            }
             "-h" | "--help" => return Err(usage().to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{}", usage())),
         }
@@ -144,11 +182,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which DM emulator a handler talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dm {
+    Null,
+    Azurite,
+    Upload,
+}
+
 /// Everything the measurements share.
 struct Stack {
     azurite: Azurite,
     emu_az: DmEmulator,
     emu_null: DmEmulator,
+    /// The data-upload cells' emulator (its queues hold only their messages), when asked for.
+    emu_up: Option<DmEmulator>,
     exe: PathBuf,
     log_dir: PathBuf,
     blob_uris: Vec<String>,
@@ -159,11 +207,24 @@ struct Stack {
 impl Stack {
     /// A release handler against `emu`, ready; returns it and its exec → ready time.
     fn start_handler(&mut self, null: bool) -> Result<(HandlerProcess, Duration), String> {
+        self.start_handler_with(if null { Dm::Null } else { Dm::Azurite }, &[])
+    }
+
+    /// A release handler against `dm`, with `extra` settings on top of the bench's.
+    fn start_handler_with(
+        &mut self,
+        dm: Dm,
+        extra: &[(&str, String)],
+    ) -> Result<(HandlerProcess, Duration), String> {
         let mut last = String::new();
         // A free port can be taken between picking and binding: try a few.
         for _ in 0..3 {
             let port = pick_free_ports(1).map_err(|e| e.to_string())?[0];
-            let emu = if null { &self.emu_null } else { &self.emu_az };
+            let emu = match dm {
+                Dm::Null => &self.emu_null,
+                Dm::Azurite => &self.emu_az,
+                Dm::Upload => self.emu_up.as_ref().ok_or("no upload emulator")?,
+            };
             let mut env: Vec<(String, String)> = vec![
                 ("FUNCTIONS_WORKER_RUNTIME".into(), "custom".into()),
                 ("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port.to_string()),
@@ -173,11 +234,16 @@ impl Stack {
                 ("RUST_LOG".into(), "info".into()),
             ];
             env.extend(emu.handler_env());
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
             self.handlers_started += 1;
             let log = self.log_dir.join(format!(
                 "handler-{}-{}.log",
                 self.handlers_started,
-                if null { "null" } else { "azurite" }
+                match dm {
+                    Dm::Null => "null",
+                    Dm::Azurite => "azurite",
+                    Dm::Upload => "upload",
+                }
             ));
             let mut h = HandlerProcess::spawn(&self.exe, &env, port, Output::File(log))?;
             match h.wait_ready(Duration::from_secs(20), Duration::from_millis(1)) {
@@ -215,6 +281,15 @@ async fn run(args: Args) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
+    let emu_up = if args.upload || args.upload_only {
+        Some(
+            DmEmulator::start(&azurite, EmulatorConfig::default())
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
     let blob_uris: Vec<String> = (0..1000)
         .map(|i| {
             azurite.blob_sas_url(
@@ -230,12 +305,25 @@ async fn run(args: Args) -> Result<(), String> {
         azurite,
         emu_az,
         emu_null,
+        emu_up,
         exe,
         log_dir,
         blob_uris,
         client: load::client()?,
         handlers_started: 0,
     };
+
+    if args.upload_only {
+        let (rows, versions) = run_uploads(&mut stack, &args).await?;
+        let mut o = String::from("## Machine\n\n| | |\n|---|---|\n");
+        for (k, v) in procfs::machine() {
+            o.push_str(&format!("| {k} | {v} |\n"));
+        }
+        o.push('\n');
+        o.push_str(&upload_markdown(&rows, &versions, started.elapsed()));
+        println!("{o}");
+        return Ok(());
+    }
 
     eprintln!("measuring round trips (DM emulator, token endpoint, null queue, Azurite)...");
     let rtt = round_trips(&stack).await?;
@@ -292,6 +380,12 @@ async fn run(args: Args) -> Result<(), String> {
         (Some((cpu, tracked)), rows)
     };
 
+    let uploads = if args.upload {
+        Some(run_uploads(&mut stack, &args).await?)
+    } else {
+        None
+    };
+
     let (cpu_null_row, tracked_null) = cpu_null.unzip();
     let (cpu_az_row, tracked_az) = cpu_az.unzip();
     let report = Report {
@@ -308,8 +402,207 @@ async fn run(args: Args) -> Result<(), String> {
         peak_rss_kib: peak_rss,
         total: started.elapsed(),
     };
-    println!("{}", report.markdown());
+    let mut out = report.markdown();
+    if let Some((rows, versions)) = uploads {
+        out.push('\n');
+        out.push_str(&upload_markdown(&rows, &versions, started.elapsed()));
+    }
+    println!("{out}");
     Ok(())
+}
+
+/// The data-upload cells: per size, a fresh handler then the SDK, each result checked on the
+/// queue. Returns the rows and the SDK's version line.
+async fn run_uploads(
+    stack: &mut Stack,
+    args: &Args,
+) -> Result<(Vec<upload::UploadRow>, String), String> {
+    let root = process::workspace_root();
+    let python = upload::venv_python(&root)?;
+    let chunk = upload::chunk();
+    let chunk_file = stack.log_dir.join("upload-chunk.csv");
+    std::fs::write(&chunk_file, &chunk)
+        .map_err(|e| format!("cannot write {}: {e}", chunk_file.display()))?;
+    // Uploads of a GB take longer than the other cells' client timeout.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3600))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let emu = stack.emu_up.as_ref().ok_or("no upload emulator")?;
+    let token = upload::dm_token(&client, emu).await?;
+    let token_file = stack.log_dir.join("upload-dm-token");
+    std::fs::write(&token_file, &token)
+        .map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
+    let setup = upload::SdkSetup {
+        python,
+        script: root.join("dev/bench/sdk_upload.py"),
+        token_file,
+        chunk_file,
+    };
+    let dm_url = emu.url().to_owned();
+    let mut versions = String::new();
+    let mut rows = Vec::new();
+    for &size_mb in &args.upload_sizes {
+        let size = size_mb * upload::MB;
+        eprintln!("data upload, {size_mb} MB: handler (fresh process)...");
+        let handler = upload_through_handler(stack, &client, chunk.clone(), size).await;
+        if let Err(e) = &handler {
+            eprintln!("  handler: {e}");
+        }
+        eprintln!("data upload, {size_mb} MB: Python SDK...");
+        let emu = stack.emu_up.as_ref().ok_or("no upload emulator")?;
+        let sdk = match upload::run_sdk(&setup, &dm_url, size).await {
+            Ok((mut side, v)) => {
+                versions = v;
+                match upload::verify_and_clean(emu, &side.source_id, size).await {
+                    Ok(compressed) => {
+                        side.note = compressed
+                            .map(|c| format!("blob {:.1} MB", c as f64 / upload::MB as f64))
+                            .unwrap_or_default();
+                        Ok(side)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &sdk {
+            eprintln!("  SDK: {e}");
+        }
+        rows.push(upload::UploadRow {
+            size_mb,
+            handler,
+            sdk,
+        });
+    }
+    let _ = std::fs::remove_file(&setup.token_file);
+    Ok((rows, versions))
+}
+
+/// One handler-side upload: a fresh handler (so VmHWM is this upload's), the body posted
+/// chunked, the queued message checked.
+async fn upload_through_handler(
+    stack: &mut Stack,
+    client: &reqwest::Client,
+    chunk: bytes::Bytes,
+    size: u64,
+) -> Result<upload::Side, String> {
+    let (mut handler, _) = stack.start_handler_with(
+        Dm::Upload,
+        &[
+            // Room for the largest body (the default is 100 MiB).
+            ("INGEST_MAX_DATA_BYTES", (size + upload::MB).to_string()),
+            ("INGEST_DATA_DEADLINE_SECONDS", "3600".to_owned()),
+        ],
+    )?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let base_rss_kib = procfs::status_kib(handler.pid(), "VmRSS").unwrap_or(0);
+    let posted = upload::post_to_handler(client, &handler.url(), chunk, size).await;
+    let peak_rss_kib = procfs::status_kib(handler.pid(), "VmHWM").unwrap_or(0);
+    let (elapsed, source_id) = match posted {
+        Ok(p) => p,
+        Err(e) => {
+            let tail = handler.log_tail();
+            handler.stop(Duration::from_secs(3));
+            return Err(format!("{e}\n{tail}"));
+        }
+    };
+    handler.stop(Duration::from_secs(3));
+    let emu = stack.emu_up.as_ref().ok_or("no upload emulator")?;
+    let compressed = upload::verify_and_clean(emu, &source_id, size).await?;
+    Ok(upload::Side {
+        elapsed,
+        peak_rss_kib,
+        base_rss_kib,
+        source_id,
+        note: compressed
+            .map(|c| format!("blob {:.1} MB", c as f64 / upload::MB as f64))
+            .unwrap_or_default(),
+    })
+}
+
+fn upload_markdown(rows: &[upload::UploadRow], versions: &str, total: Duration) -> String {
+    let mut o = String::new();
+    let mut line = |s: String| {
+        o.push_str(&s);
+        o.push('\n');
+    };
+    line("## Data upload (issue 11): handler vs the Python SDK's `ingest_from_stream`".into());
+    line(String::new());
+    line(format!(
+        "One CSV body per size (a 1 MB chunk of 5-column lines repeated; MB = 10^6 bytes), \
+         gzip-compressed into a DM TempStorage container in Azurite and queued; each side's \
+         queued message read back (Id, RawDataSize, table, blob present) before its figure counts. \
+         Handler: a fresh release process per size, the body posted chunked (no Content-Length), \
+         time to the 202; peak RSS = VmHWM. SDK: {}, \
+         `QueuedIngestClient.ingest_from_stream(StreamDescriptor(stream, is_compressed=False, size=N))` \
+         timed alone (interpreter start and imports excluded); peak RSS = ru_maxrss. \
+         Both cold (token and DM calls included), same DM emulator, same Azurite. Run took {:.0} s.",
+        if versions.is_empty() {
+            "Python SDK"
+        } else {
+            versions
+        },
+        total.as_secs_f64()
+    ));
+    line(String::new());
+    line("| body | handler MB/s | handler peak RSS | SDK MB/s | SDK peak RSS | ratio | target met | detail |".into());
+    line("|---:|---:|---:|---:|---:|---:|:-:|---|".into());
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / MIB);
+    for r in rows {
+        let size = r.size_mb * upload::MB;
+        let (hr, hrss) = match &r.handler {
+            Ok(h) => (format!("{:.1}", h.mb_per_sec(size)), mib(h.peak_rss_kib)),
+            Err(_) => ("failed".into(), "—".into()),
+        };
+        let (sr, srss) = match &r.sdk {
+            Ok(s) => (format!("{:.1}", s.mb_per_sec(size)), mib(s.peak_rss_kib)),
+            Err(_) => ("failed".into(), "—".into()),
+        };
+        let ratio = match (&r.handler, &r.sdk) {
+            (Ok(h), Ok(s)) => Some(h.mb_per_sec(size) / s.mb_per_sec(size).max(1e-9)),
+            _ => None,
+        };
+        let met = match (&r.handler, ratio) {
+            (Ok(h), Some(q)) => {
+                mark(q >= upload::RATIO_TARGET && h.peak_rss_kib <= upload::RSS_TARGET_KIB)
+            }
+            _ => "✗",
+        };
+        let side = |name: &str, s: &Result<upload::Side, String>| match s {
+            Ok(s) => format!(
+                "{name} {:.2} s, RSS before {}{}",
+                s.elapsed.as_secs_f64(),
+                mib(s.base_rss_kib),
+                if s.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", s.note)
+                }
+            ),
+            Err(e) => format!(
+                "{name} failed: {}",
+                e.lines().next().unwrap_or_default().replace('|', "/")
+            ),
+        };
+        line(format!(
+            "| {} MB | {hr} | {hrss} | {sr} | {srss} | {} | {met} | {}; {} |",
+            r.size_mb,
+            ratio
+                .map(|q| format!("{q:.1}×"))
+                .unwrap_or_else(|| "—".into()),
+            side("handler", &r.handler),
+            side("SDK", &r.sdk),
+        ));
+    }
+    line(String::new());
+    line(format!(
+        "Target: handler MB/s ≥ {:.0}× the SDK's and handler peak RSS ≤ {} MiB at every size.",
+        upload::RATIO_TARGET,
+        upload::RSS_TARGET_KIB / 1024
+    ));
+    o
 }
 
 /// Round trips measured from the bench client alone.
