@@ -751,3 +751,25 @@ async fn message_over_64_kib_fails_only_that_blob() {
     assert_eq!(messages[0].body["BlobPath"], fine);
     app.assert_no_secrets();
 }
+
+#[tokio::test]
+async fn a_wrong_method_is_405_naming_the_allowed_ones() {
+    let app = TestApp::start().await;
+    for (path, allow) in [
+        ("/api/ingest", "POST"),
+        ("/api/ingest/db/table", "POST"),
+        ("/BlobCreated", "POST"),
+    ] {
+        let reply = app.get(path).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{path}: {}",
+            reply.text
+        );
+        assert_eq!(reply.headers["allow"], allow, "{path}");
+        assert_eq!(reply.error_code(), "MethodNotAllowed", "{path}");
+    }
+    let reply = app.get("/api/nowhere").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+}

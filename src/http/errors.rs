@@ -52,6 +52,10 @@ pub(crate) enum ApiError {
     /// The caller may not ingest this (see `authorization`).
     Forbidden(Denial),
     NotFound,
+    /// The route exists, not with this method; `Allow` lists those it has.
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     /// The client stopped sending its body.
     BodyTimeout(Duration),
     /// A data body over `INGEST_MAX_DATA_BYTES`.
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::InvalidJson(_) | ApiError::InvalidFields(_) => 400,
             ApiError::DmNotAllowed(_) | ApiError::Forbidden(_) => 403,
             ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
             ApiError::BodyTimeout(_) => 408,
             ApiError::DataTooLarge { .. } => 413,
             ApiError::InvalidData(..) => 400,
@@ -129,6 +134,11 @@ impl ApiError {
                 ErrorDetail::new(denial.code, denial.message.clone(), denial.target.clone())
             }
             ApiError::NotFound => ErrorDetail::new("NotFound", "No such route.", None),
+            ApiError::MethodNotAllowed { allow } => ErrorDetail::new(
+                "MethodNotAllowed",
+                format!("This route answers {allow} only."),
+                None,
+            ),
             ApiError::BodyTimeout(after) => ErrorDetail::new(
                 "RequestTimeout",
                 format!(

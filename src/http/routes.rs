@@ -11,7 +11,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use warp::Filter;
-use warp::http::{Response, StatusCode, header};
+use warp::http::{Method, Response, StatusCode, header};
+use warp::path::FullPath;
 
 /// A client that sends nothing of its body for this long is answered 408.
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,7 +140,9 @@ pub(crate) fn routes<B: Backend>(
             },
         );
 
-    let not_found = warp::any().map(|| to_response(ApiError::NotFound.into()));
+    let not_found = warp::method()
+        .and(warp::path::full())
+        .map(|method: Method, path: FullPath| unmatched(&method, path.as_str()));
 
     ready
         .or(ingest)
@@ -152,6 +155,34 @@ pub(crate) fn routes<B: Backend>(
         .unify()
         .or(not_found)
         .unify()
+}
+
+/// The methods a known path answers, or `None` for a path no route has. A path of four
+/// segments under `operations` is also a data upload to a database named `operations`.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segments.as_slice() {
+        [] | [""] => Some("GET"),
+        ["api", "ingest"] => Some("POST"),
+        ["api", "ingest", "operations", _] => Some("GET, POST"),
+        ["api", "ingest", _, _] => Some("POST"),
+        ["BlobCreated"] => Some("POST"),
+        _ => None,
+    }
+}
+
+/// What a request no route took gets: 405 with `Allow` on a known path, else 404.
+fn unmatched(method: &Method, path: &str) -> Response<String> {
+    match allowed_methods(path) {
+        Some(allow) if !allow.split(", ").any(|m| m == method.as_str()) => {
+            let mut response = to_response(ApiError::MethodNotAllowed { allow }.into());
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            response
+        }
+        _ => to_response(ApiError::NotFound.into()),
+    }
 }
 
 /// Collects the body, refusing it as soon as it passes `max` bytes (at once when its
@@ -216,4 +247,33 @@ fn json_response(status: u16, retry_after: Option<String>, body: String) -> Resp
             "{\"error\":{\"code\":\"InternalError\",\"message\":\"response could not be built\"}}",
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_paths_name_their_methods() {
+        assert_eq!(allowed_methods("/"), Some("GET"));
+        assert_eq!(allowed_methods("/api/ingest"), Some("POST"));
+        assert_eq!(allowed_methods("/api/ingest/"), Some("POST"));
+        assert_eq!(allowed_methods("/api/ingest/db/t"), Some("POST"));
+        assert_eq!(
+            allowed_methods("/api/ingest/operations/abc"),
+            Some("GET, POST")
+        );
+        assert_eq!(allowed_methods("/BlobCreated"), Some("POST"));
+        assert_eq!(allowed_methods("/api/other"), None);
+        assert_eq!(allowed_methods("/api/ingest/a/b/c"), None);
+    }
+
+    #[test]
+    fn a_wrong_method_is_405_with_allow_and_an_unknown_path_404() {
+        let response = unmatched(&Method::GET, "/api/ingest");
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[header::ALLOW], "POST");
+        assert!(response.body().contains("MethodNotAllowed"));
+        assert_eq!(unmatched(&Method::DELETE, "/nope").status(), 404);
+    }
 }
