@@ -15,5 +15,6 @@ mod ingest;
 mod local;
 mod properties;
 mod queued;
+mod request_log;
 mod routing;
 mod transport;

@@ -773,3 +773,56 @@ async fn a_wrong_method_is_405_naming_the_allowed_ones() {
     let reply = app.get("/api/nowhere").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
 }
+
+#[tokio::test]
+async fn each_request_logs_one_summary_line_under_its_invocation_id() {
+    let app = TestApp::start().await;
+    let invocation = "7d1b1f6e-3c55-4a5e-9a43-0f3f0a7f2b11";
+    let reply = app
+        .post_ingest_with(
+            &request(vec![
+                json!({ "blobUri": app.blob_uri("logged/a.csv") }),
+                json!({ "blobUri": app.blob_uri("logged/b.csv") }),
+            ]),
+            &[("X-Azure-Functions-InvocationId", invocation)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let found = app
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("request done") && l.contains(invocation));
+        match found {
+            Some(line) => break line,
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            None => panic!("no summary line for {invocation}:\n{}", app.log_text()),
+        }
+    };
+    for field in [
+        "route=ingest",
+        "blobs=2",
+        "queued=2",
+        "failed=0",
+        "unknown=0",
+        "status=202",
+        "elapsed_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing from: {line}");
+    }
+    assert!(line.contains(&format!("dm={}", app.dm.url())), "{line}");
+    // The id is the caller's header: escaped and clipped in the log.
+    let forged = format!("x\tFAKE{}", "y".repeat(1000));
+    app.post_ingest_with(
+        &request(vec![json!({ "blobUri": app.blob_uri("logged/c.csv") })]),
+        &[("X-Azure-Functions-InvocationId", forged.as_str())],
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let logs = app.log_text();
+    assert!(logs.contains("x\\tFAKE"), "{logs}");
+    assert!(!logs.contains(&"y".repeat(300)), "{logs}");
+}

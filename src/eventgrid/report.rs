@@ -4,6 +4,7 @@
 use super::envelope;
 use super::{InvocationReply, Label};
 use crate::ingest::{BlobJob, BlobOutcome};
+use crate::request_log as summary;
 
 /// What became of each event, for the log and the reply.
 #[derive(Default)]
@@ -129,6 +130,12 @@ impl Report {
 
     pub(super) fn finish(self) -> InvocationReply {
         let status = if self.retry > 0 { 500 } else { 200 };
+        summary::record("events", self.events);
+        summary::record("queued", self.queued);
+        summary::record("skipped", self.skipped);
+        summary::record("rejected", self.rejected);
+        summary::record("failed", self.failed);
+        summary::record("retry", self.retry);
         let mut lines = Vec::with_capacity(self.lines.len() + 1);
         lines.push(format!(
             "BlobCreated: {} event(s): {} queued, {} skipped, {} rejected, {} failed, {} to retry{}",

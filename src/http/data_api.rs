@@ -11,6 +11,7 @@ use crate::data::{DataError, DataSource, GzipBody};
 use crate::domain::{AllowedDms, DatabaseName, SourceId, TableName};
 use crate::ingest::{Backend, Batch, BlobJob, BlobOutcome, Deadline, Ingested, UploadError};
 use crate::properties::{DATA_FORMATS, Properties, PropertyBag};
+use crate::request_log::{self as summary, BatchCounts};
 use bytes::Buf;
 use futures::Stream;
 use serde_json::Value;
@@ -133,6 +134,8 @@ impl DataApi {
             table: parsed.table,
             spec: Arc::new(parsed.properties.spec()),
         };
+        summary::record("source_id", job.source_id);
+        summary::record("raw_bytes", source.raw_size());
         tracing::info!(dm = %dm, blob = %job.blob, source_id = %job.source_id, raw_bytes = source.raw_size(), format = %parsed.format, "data uploaded");
         self.queue(backend, &dm, job, deadline).await
     }
@@ -160,6 +163,20 @@ impl DataApi {
             }) => (outcomes, operation),
             Err(failure) => (vec![BlobOutcome::Failed(failure)], None),
         };
+        let (queued, unknown) = match outcomes.first() {
+            Some(BlobOutcome::Queued) => (1, 0),
+            Some(BlobOutcome::Unknown(_)) => (0, 1),
+            _ => (0, 0),
+        };
+        summary::record_batch(
+            dm,
+            &BatchCounts {
+                blobs: 1,
+                queued,
+                failed: 1 - queued - unknown,
+                unknown,
+            },
+        );
         let (status, retry_after, headline) = match outcomes.first() {
             Some(BlobOutcome::Queued) => (202, None, None),
             Some(BlobOutcome::Unknown(_)) => (207, None, None),

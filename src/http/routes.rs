@@ -5,11 +5,14 @@ use super::data_api::DataRequest;
 use super::errors::{ApiError, Reply};
 use super::{Incoming, Services, operations};
 use crate::ingest::{Backend, Deadline};
+use crate::request_log as summary;
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
 use warp::Filter;
 use warp::http::{Method, Response, StatusCode, header};
 use warp::path::FullPath;
@@ -22,6 +25,7 @@ pub(crate) fn routes<B: Backend>(
 ) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static
 {
     let with_services = warp::any().map(move || services.clone());
+    let invocation = || warp::header::optional::<String>(summary::INVOCATION_HEADER);
     let body = warp::header::optional::<u64>("content-length").and(warp::body::stream());
 
     // The host polls `GET /` until it answers; any answer means ready.
@@ -29,20 +33,24 @@ pub(crate) fn routes<B: Backend>(
         .and(warp::path::end())
         .map(|| json_response(200, None, String::from("{\"status\":\"ready\"}")));
 
-    let ingest =
-        warp::post()
-            .and(warp::path!("api" / "ingest"))
-            .and(with_services.clone())
-            .and(warp::header::optional::<String>("x-ms-client-principal"))
-            .and(body)
-            .then(
-                |services: Arc<Services<B>>,
-                 principal: Option<String>,
-                 length: Option<u64>,
-                 body| async move {
+    let ingest = warp::post()
+        .and(warp::path!("api" / "ingest"))
+        .and(with_services.clone())
+        .and(warp::header::optional::<String>("x-ms-client-principal"))
+        .and(invocation())
+        .and(body)
+        .then(
+            |services: Arc<Services<B>>,
+             principal: Option<String>,
+             invocation: Option<String>,
+             length: Option<u64>,
+             body| {
+                let span = summary::span("ingest", invocation.as_deref());
+                async move {
+                    let started = Instant::now();
                     let deadline = Deadline::after(services.request_deadline);
                     let Some(_in_flight) = services.admit() else {
-                        return to_response(ApiError::Busy.into());
+                        return logged(ApiError::Busy.into(), started);
                     };
                     let reply = match read_limited(body, length, services.max_body_bytes).await {
                         Ok(body) => {
@@ -54,32 +62,42 @@ pub(crate) fn routes<B: Backend>(
                         }
                         Err(error) => error.into(),
                     };
-                    to_response(reply)
-                },
-            );
+                    logged(reply, started)
+                }
+                .instrument(span)
+            },
+        );
 
     let blob_created = warp::post()
         .and(warp::path!("BlobCreated"))
         .and(with_services.clone())
+        .and(invocation())
         .and(body)
         .then(
-            |services: Arc<Services<B>>, length: Option<u64>, body| async move {
-                let deadline = Deadline::after(services.event_deadline);
-                let Some(_in_flight) = services.admit() else {
-                    // Event Grid redelivers a failed invocation.
-                    return to_response(ApiError::Busy.into());
-                };
-                let reply = match read_limited(body, length, services.max_body_bytes).await {
-                    Ok(bytes) => {
-                        services
-                            .trigger
-                            .handle(&services.backend, &services.blob_store, &bytes, deadline)
-                            .await
-                    }
-                    // Redelivering an oversized event would fail the same way forever: acknowledge it.
-                    Err(error) => crate::eventgrid::rejected(&error.headline().message),
-                };
-                json_response(reply.status, None, reply.body.to_string())
+            |services: Arc<Services<B>>, invocation: Option<String>, length: Option<u64>, body| {
+                let span = summary::span("BlobCreated", invocation.as_deref());
+                async move {
+                    let started = Instant::now();
+                    let deadline = Deadline::after(services.event_deadline);
+                    let Some(_in_flight) = services.admit() else {
+                        // Event Grid redelivers a failed invocation.
+                        return logged(ApiError::Busy.into(), started);
+                    };
+                    let reply = match read_limited(body, length, services.max_body_bytes).await {
+                        Ok(bytes) => {
+                            services
+                                .trigger
+                                .handle(&services.backend, &services.blob_store, &bytes, deadline)
+                                .await
+                        }
+                        // Redelivering an oversized event would fail the same way forever:
+                        // acknowledge it.
+                        Err(error) => crate::eventgrid::rejected(&error.headline().message),
+                    };
+                    summary::done(reply.status, started);
+                    json_response(reply.status, None, reply.body.to_string())
+                }
+                .instrument(span)
             },
         );
 
@@ -89,6 +107,7 @@ pub(crate) fn routes<B: Backend>(
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("content-encoding"))
         .and(warp::header::optional::<String>("x-ms-client-principal"))
+        .and(invocation())
         .and(with_services.clone())
         .and(body)
         .then(
@@ -98,45 +117,57 @@ pub(crate) fn routes<B: Backend>(
              content_type: Option<String>,
              content_encoding: Option<String>,
              principal: Option<String>,
+             invocation: Option<String>,
              services: Arc<Services<B>>,
              content_length: Option<u64>,
-             body| async move {
-                let deadline = Deadline::after(services.data_deadline);
-                let Some(_in_flight) = services.admit() else {
-                    return to_response(ApiError::Busy.into());
-                };
-                let request = DataRequest {
-                    database,
-                    table,
-                    query,
-                    content_type,
-                    content_encoding,
-                    content_length,
-                    principal,
-                    body: Box::pin(body),
-                };
-                let reply = services
-                    .data_api
-                    .handle(&services.backend, request, deadline)
-                    .await;
-                to_response(reply)
+             body| {
+                let span = summary::span("data", invocation.as_deref());
+                async move {
+                    let started = Instant::now();
+                    let deadline = Deadline::after(services.data_deadline);
+                    let Some(_in_flight) = services.admit() else {
+                        return logged(ApiError::Busy.into(), started);
+                    };
+                    let request = DataRequest {
+                        database,
+                        table,
+                        query,
+                        content_type,
+                        content_encoding,
+                        content_length,
+                        principal,
+                        body: Box::pin(body),
+                    };
+                    let reply = services
+                        .data_api
+                        .handle(&services.backend, request, deadline)
+                        .await;
+                    logged(reply, started)
+                }
+                .instrument(span)
             },
         );
 
     let operation = warp::get()
         .and(warp::path!("api" / "ingest" / "operations" / String))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(invocation())
         .and(with_services)
         .then(
-            |id: String, query: String, services: Arc<Services<B>>| async move {
-                let deadline = Deadline::after(services.request_deadline);
-                let Some(_in_flight) = services.admit() else {
-                    return to_response(ApiError::Busy.into());
-                };
-                let reply =
-                    operations::handle(&services.backend, &services.dms, &id, &query, deadline)
-                        .await;
-                to_response(reply)
+            |id: String, query: String, invocation: Option<String>, services: Arc<Services<B>>| {
+                let span = summary::span("operation", invocation.as_deref());
+                async move {
+                    let started = Instant::now();
+                    let deadline = Deadline::after(services.request_deadline);
+                    let Some(_in_flight) = services.admit() else {
+                        return logged(ApiError::Busy.into(), started);
+                    };
+                    let reply =
+                        operations::handle(&services.backend, &services.dms, &id, &query, deadline)
+                            .await;
+                    logged(reply, started)
+                }
+                .instrument(span)
             },
         );
 
@@ -229,6 +260,12 @@ where
         }
     }
     Ok(collected.freeze())
+}
+
+/// The response, after the request's summary line.
+fn logged(reply: Reply, started: Instant) -> Response<String> {
+    summary::done(reply.status, started);
+    to_response(reply)
 }
 
 fn to_response(reply: Reply) -> Response<String> {

@@ -281,11 +281,16 @@ impl TestApp {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let resp = builder
-            .header(
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("X-Azure-Functions-InvocationId"))
+        {
+            builder = builder.header(
                 "X-Azure-Functions-InvocationId",
                 uuid::Uuid::new_v4().to_string(),
-            )
+            );
+        }
+        let resp = builder
             .header("X-Azure-Functions-HostVersion", "4.1037.0")
             .header("x-functions-key", FUNCTION_KEY)
             .header("User-Agent", HOST_USER_AGENT)

@@ -9,6 +9,7 @@ use crate::authorization::{Caller, Denial, Policy, Request};
 use crate::domain::AllowedDms;
 use crate::ingest::{Backend, Batch, BlobJob, BlobOutcome, Deadline, Ingested};
 use crate::properties::Properties;
+use crate::request_log::{self as summary, BatchCounts};
 use uuid::Uuid;
 
 /// One request as the route read it.
@@ -90,6 +91,15 @@ impl IngestApi {
             Err(failure) => {
                 let (status, retry_after) = nothing_queued([&failure], true);
                 let headline = ErrorDetail::failure(&failure);
+                summary::record_batch(
+                    &dm,
+                    &BatchCounts {
+                        blobs: jobs.len(),
+                        queued: 0,
+                        failed: jobs.len(),
+                        unknown: 0,
+                    },
+                );
                 let outcomes = vec![BlobOutcome::Failed(failure); jobs.len()];
                 let answer = results::Answer::new(&jobs, &outcomes).error(Some(&headline));
                 return answer.reply(status, retry_after);
@@ -116,7 +126,15 @@ impl IngestApi {
             let (status, retry_after) = nothing_queued(failures, false);
             (status, retry_after, headline)
         };
-        tracing::info!(dm = %dm, blobs = jobs.len(), queued, unknown, status, "ingest request done");
+        summary::record_batch(
+            &dm,
+            &BatchCounts {
+                blobs: jobs.len(),
+                queued,
+                failed: jobs.len() - queued - unknown,
+                unknown,
+            },
+        );
         results::Answer::new(&jobs, &outcomes)
             .error(headline.as_ref())
             .operation(operation.as_ref())
