@@ -273,13 +273,23 @@ fn every_route_of_the_handler_is_described_with_function_key_security() {
             }
             assert_eq!(b["authLevel"], "function", "{}", file.display());
             let route = format!("/{}", b["route"].as_str().unwrap());
-            for m in b["methods"].as_array().unwrap() {
-                let m = m.as_str().unwrap().to_ascii_lowercase();
-                assert!(
-                    described.contains(&(m.clone(), route.clone())),
-                    "{} ({m} {route}) is not in docs/openapi.json",
+            match b["methods"].as_array() {
+                Some(methods) => {
+                    for m in methods {
+                        let m = m.as_str().unwrap().to_ascii_lowercase();
+                        assert!(
+                            described.contains(&(m.clone(), route.clone())),
+                            "{} ({m} {route}) is not in docs/openapi.json",
+                            file.display()
+                        );
+                    }
+                }
+                // Every method reaches the handler, which answers 405 for those it does not serve.
+                None => assert!(
+                    described.iter().any(|(_, r)| *r == route),
+                    "{} ({route}) is not in docs/openapi.json",
                     file.display()
-                );
+                ),
             }
         }
     }
