@@ -1,11 +1,13 @@
 //! The application: builds the services from the settings, binds its listener first (so the port
 //! is known, 0 included), then serves until a shutdown signal, letting in-flight requests finish.
 
+use crate::backends::Router;
 use crate::dm::{DmClient, RetryPolicy};
 use crate::eventgrid::{BlobStore, Trigger};
 use crate::http::{DataApi, IngestApi, Services};
 use crate::identity::Identity;
 use crate::queued::QueuedBackend;
+use crate::rest_v2::RestV2Backend;
 use crate::settings::Settings;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,7 +31,7 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
-    services: Arc<Services<QueuedBackend>>,
+    services: Arc<Services<Router>>,
 }
 
 impl Application {
@@ -54,7 +56,7 @@ impl Application {
 
 /// Every service, each given only what it uses. One HTTP client serves the DM, the queues, the
 /// identity endpoint and storage (see `transport`).
-fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError> {
+fn services(settings: Settings) -> Result<Services<Router>, StartupError> {
     for warning in settings.authorization.warnings() {
         tracing::warn!("{warning}");
     }
@@ -73,7 +75,16 @@ fn services(settings: Settings) -> Result<Services<QueuedBackend>, StartupError>
     ));
     let default_dm = settings.dms.default_dm().clone();
     Ok(Services {
-        backend: QueuedBackend::new(&settings.dms, dm_client, http, settings.max_concurrency),
+        backend: Router::new(
+            settings.ingest_method,
+            QueuedBackend::new(
+                &settings.dms,
+                dm_client.clone(),
+                http.clone(),
+                settings.max_concurrency,
+            ),
+            RestV2Backend::new(&settings.dms, dm_client, &http, settings.max_concurrency),
+        ),
         dms: settings.dms.clone(),
         ingest_api: IngestApi::new(
             settings.dms.clone(),

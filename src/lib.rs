@@ -6,6 +6,7 @@ pub mod eventgrid;
 pub mod settings;
 
 mod authorization;
+mod backends;
 mod data;
 mod dm;
 mod domain;
@@ -16,5 +17,6 @@ mod local;
 mod properties;
 mod queued;
 mod request_log;
+mod rest_v2;
 mod routing;
 mod transport;

@@ -13,6 +13,7 @@ const PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
 const INGEST_URI: &str = "KUSTO_INGEST_URI";
 const ALLOWED_INGEST_URIS: &str = "KUSTO_ALLOWED_INGEST_URIS";
 const TOKEN_SCOPE: &str = "KUSTO_TOKEN_SCOPE";
+const INGEST_METHOD: &str = "KUSTO_INGEST_METHOD";
 const CLIENT_ID: &str = "AZURE_CLIENT_ID";
 const MAX_BLOBS: &str = "INGEST_MAX_BLOBS";
 const MAX_BODY_BYTES: &str = "INGEST_MAX_BODY_BYTES";
@@ -48,6 +49,18 @@ fn bad(name: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Which queued-ingestion protocol the handler speaks to a DM (`KUSTO_INGEST_METHOD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IngestMethod {
+    /// Per DM, what its configuration prefers (`preferredIngestionMethod`); v1 when the DM has
+    /// no REST v2 API (404) or its configuration cannot be read.
+    Auto,
+    /// Ingestion resources and queues.
+    V1,
+    /// The queued-ingestion REST API.
+    V2,
+}
+
 pub(crate) const DEFAULT_TOKEN_SCOPE: &str = "https://kusto.kusto.windows.net/.default";
 pub(crate) const DEFAULT_MAX_BLOBS: usize = 5_000;
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -71,6 +84,7 @@ pub struct Settings {
     /// Every DM the app's token may be sent to, and the one used when a request names none.
     pub(crate) dms: AllowedDms,
     pub(crate) token_scope: String,
+    pub(crate) ingest_method: IngestMethod,
     /// User-assigned managed identity; system-assigned when `None`.
     pub(crate) client_id: Option<String>,
     pub(crate) max_blobs: usize,
@@ -121,6 +135,7 @@ impl Settings {
             },
             dms: allowed_dms(get(INGEST_URI), get(ALLOWED_INGEST_URIS))?,
             token_scope: token_scope(get(TOKEN_SCOPE))?,
+            ingest_method: ingest_method(get(INGEST_METHOD))?,
             client_id: get(CLIENT_ID),
             max_blobs: positive(get(MAX_BLOBS), MAX_BLOBS, DEFAULT_MAX_BLOBS)?,
             max_body_bytes: positive(get(MAX_BODY_BYTES), MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES)?,
@@ -190,6 +205,20 @@ fn token_scope(raw: Option<String>) -> Result<String, ConfigError> {
         Err(_) => Err(bad(
             TOKEN_SCOPE,
             format!("'{scope}' is not a URL-shaped AAD scope"),
+        )),
+    }
+}
+
+fn ingest_method(raw: Option<String>) -> Result<IngestMethod, ConfigError> {
+    match raw.map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("auto") => Ok(IngestMethod::Auto),
+        Some("v1") => Ok(IngestMethod::V1),
+        Some("v2") => Ok(IngestMethod::V2),
+        Some(v) => Err(bad(
+            INGEST_METHOD,
+            format!(
+                "'{v}' is not an ingestion method: auto (follow each DM's preferredIngestionMethod), v1 (queues) or v2 (REST API)"
+            ),
         )),
     }
 }
@@ -288,5 +317,23 @@ mod tests {
         assert_eq!(s.dms.len(), 2);
         assert_eq!(s.max_blobs, DEFAULT_MAX_BLOBS);
         assert_eq!(s.token_scope, DEFAULT_TOKEN_SCOPE);
+        assert_eq!(s.ingest_method, IngestMethod::Auto);
+    }
+
+    #[test]
+    fn ingest_method() {
+        let with = |v: &str| {
+            settings(&[
+                ("KUSTO_INGEST_URI", "https://ingest-a.kusto.windows.net"),
+                ("KUSTO_INGEST_METHOD", v),
+            ])
+        };
+        assert_eq!(with("V2").unwrap().ingest_method, IngestMethod::V2);
+        assert_eq!(with("v1").unwrap().ingest_method, IngestMethod::V1);
+        assert_eq!(with("auto").unwrap().ingest_method, IngestMethod::Auto);
+        assert_eq!(with("").unwrap().ingest_method, IngestMethod::Auto);
+        let e = with("rest").unwrap_err();
+        assert_eq!(e.name, "KUSTO_INGEST_METHOD");
+        assert!(e.message.contains("'rest'"), "{}", e.message);
     }
 }

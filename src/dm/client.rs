@@ -86,27 +86,64 @@ impl DmClient {
         dm: &DmEndpoint,
         command: &str,
     ) -> Result<V1Response, DmError> {
-        let deadline = tokio::time::Instant::now() + self.retry.budget;
+        let body = serde_json::json!({"db": DEFAULT_DB, "csl": command}).to_string();
+        let call = Call {
+            method: reqwest::Method::POST,
+            url: dm.mgmt_url(),
+            body: Some(body),
+            what: command,
+        };
+        // Management commands only read: an unanswered one is safe to send again.
+        let answer = self.call(dm, &call, None, true).await?;
+        serde_json::from_slice::<V1Response>(&answer).map_err(|e| DmError::InvalidResponse {
+            endpoint: dm.to_string(),
+            reason: format!("not a v1 JSON table: {e}"),
+        })
+    }
+
+    /// One JSON call to a DM REST endpoint (the v2 ingestion API), with the same token, headers
+    /// and retries as management commands. `until` shortens the retry budget to a caller's
+    /// deadline; `resend_unanswered` says whether a call whose answer was lost may be sent again
+    /// (not for a POST that may have been acted on). Returns the body of a 200 answer.
+    pub(crate) async fn call(
+        &self,
+        dm: &DmEndpoint,
+        call: &Call<'_>,
+        until: Option<tokio::time::Instant>,
+        resend_unanswered: bool,
+    ) -> Result<Vec<u8>, DmError> {
+        let budget = tokio::time::Instant::now() + self.retry.budget;
+        let deadline = until.map_or(budget, |u| u.min(budget));
         let mut attempt = 0;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                // Nothing was sent: not "unanswered", whatever the call.
+                return Err(DmError::Unreachable {
+                    endpoint: dm.to_string(),
+                    reason: "the caller's deadline passed before the call".to_owned(),
+                });
+            }
             let timeout = self.retry.attempt_timeout.min(left);
-            let result = tokio::time::timeout(timeout, self.execute_once(dm, command))
+            let result = tokio::time::timeout(timeout, self.call_once(dm, call))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(DmError::Unreachable {
+                    Err(DmError::Unanswered {
                         endpoint: dm.to_string(),
                         reason: format!("no answer within {:.1} s", timeout.as_secs_f64()),
                     })
                 });
+            let again = |e: &DmError| {
+                e.is_transient() && (resend_unanswered || !matches!(e, DmError::Unanswered { .. }))
+            };
             match result {
                 Ok(response) => return Ok(response),
-                Err(error) if error.is_transient() && attempt + 1 < self.retry.attempts => {
+                Err(error) if again(&error) && attempt + 1 < self.retry.attempts => {
                     let delay = self.retry.delay(attempt, &error);
                     if tokio::time::Instant::now() + delay >= deadline {
                         return Err(error);
                     }
-                    tracing::warn!(dm = %dm, command, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, %error, "DM call failed; retrying");
+                    tracing::warn!(dm = %dm, call = call.what, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, %error, "DM call failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -115,7 +152,7 @@ impl DmClient {
         }
     }
 
-    async fn execute_once(&self, dm: &DmEndpoint, command: &str) -> Result<V1Response, DmError> {
+    async fn call_once(&self, dm: &DmEndpoint, call: &Call<'_>) -> Result<Vec<u8>, DmError> {
         let endpoint = dm.to_string();
         let token = self
             .identity
@@ -124,23 +161,36 @@ impl DmClient {
             .map_err(DmError::Identity)?;
         let request_id = format!("KIA.execute;{}", Uuid::new_v4());
         let started = std::time::Instant::now();
-        let response = self
+        let mut request = self
             .http
-            .post(dm.mgmt_url())
+            .request(call.method.clone(), &call.url)
             .bearer_auth(token)
             .header("Accept", "application/json")
-            .header("Content-Type", "application/json; charset=utf-8")
             .header("x-ms-client-request-id", &request_id)
             .header("x-ms-client-version", CLIENT_VERSION_FOR_TRACING)
             .header("x-ms-app", APPLICATION_FOR_TRACING)
-            .header("x-ms-version", "2024-12-12")
-            .body(serde_json::json!({"db": DEFAULT_DB, "csl": command}).to_string())
-            .send()
-            .await
-            .map_err(|e| DmError::Unreachable {
-                endpoint: endpoint.clone(),
-                reason: e.without_url().to_string(),
-            })?;
+            .header("x-ms-version", "2024-12-12");
+        if let Some(body) = &call.body {
+            request = request
+                .header("Content-Type", "application/json; charset=utf-8")
+                .body(body.clone());
+        }
+        let response = request.send().await.map_err(|e| {
+            // Refused before anything was sent: safe to send again, whatever the call.
+            let refused = e.is_connect();
+            let reason = e.without_url().to_string();
+            if refused {
+                DmError::Unreachable {
+                    endpoint: endpoint.clone(),
+                    reason,
+                }
+            } else {
+                DmError::Unanswered {
+                    endpoint: endpoint.clone(),
+                    reason,
+                }
+            }
+        })?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -157,20 +207,15 @@ impl DmClient {
                 });
             }
             Err(error) => {
-                return Err(DmError::Unreachable {
+                return Err(DmError::Unanswered {
                     endpoint,
                     reason: error.to_string(),
                 });
             }
         };
-        tracing::debug!(dm = %dm, command, status, request_id, elapsed_ms = started.elapsed().as_millis() as u64, "DM call");
+        tracing::debug!(dm = %dm, call = call.what, status, request_id, elapsed_ms = started.elapsed().as_millis() as u64, "DM call");
         match status {
-            200 => {
-                serde_json::from_slice::<V1Response>(&body).map_err(|e| DmError::InvalidResponse {
-                    endpoint,
-                    reason: format!("not a v1 JSON table: {e}"),
-                })
-            }
+            200 => Ok(body.to_vec()),
             429 => Err(DmError::Throttled {
                 endpoint,
                 retry_after,
@@ -184,6 +229,7 @@ impl DmClient {
                 endpoint,
                 status,
                 message: KustoErrorBody::summarize(&body),
+                retry_after,
             }),
             _ => Err(DmError::Rejected {
                 endpoint,
@@ -192,6 +238,15 @@ impl DmClient {
             }),
         }
     }
+}
+
+/// One call [`DmClient::call`] makes: what, where, and the JSON body.
+pub(crate) struct Call<'a> {
+    pub(crate) method: reqwest::Method,
+    pub(crate) url: String,
+    pub(crate) body: Option<String>,
+    /// For logs: the command, or the API's name.
+    pub(crate) what: &'a str,
 }
 
 #[cfg(test)]
@@ -211,6 +266,7 @@ mod tests {
             endpoint: "x".into(),
             status: 503,
             message: String::new(),
+            retry_after: None,
         };
         let d0 = policy.delay(0, &server);
         assert!(d0 >= policy.base_delay && d0 <= policy.base_delay * 2);

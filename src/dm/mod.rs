@@ -5,7 +5,7 @@
 mod client;
 pub(crate) mod v1;
 
-pub(crate) use client::{DmClient, RetryPolicy};
+pub(crate) use client::{Call, DmClient, RetryPolicy};
 
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ pub(crate) enum DmError {
     Identity(String),
     #[error("the DM at {endpoint} could not be reached: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    /// The request went out but its answer was lost (a reset, a timeout): the DM may have acted
+    /// on it.
+    #[error("the DM at {endpoint} did not answer: {reason}")]
+    Unanswered { endpoint: String, reason: String },
     #[error("the DM at {endpoint} is throttling requests (HTTP 429){}", retry_hint(.retry_after))]
     Throttled {
         endpoint: String,
@@ -35,6 +39,8 @@ pub(crate) enum DmError {
         endpoint: String,
         status: u16,
         message: String,
+        /// A 503 may say when to come back.
+        retry_after: Option<Duration>,
     },
     #[error("the DM at {endpoint} refused the app's identity (HTTP {status}): {message}")]
     Unauthorized {
@@ -65,6 +71,7 @@ impl DmError {
             self,
             DmError::Identity(_)
                 | DmError::Unreachable { .. }
+                | DmError::Unanswered { .. }
                 | DmError::Throttled { .. }
                 | DmError::Server { .. }
         )
@@ -72,7 +79,9 @@ impl DmError {
 
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
-            DmError::Throttled { retry_after, .. } => *retry_after,
+            DmError::Throttled { retry_after, .. } | DmError::Server { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

@@ -38,6 +38,9 @@ pub(crate) enum FailureCode {
     TrackingUnavailable,
     /// A data body could not be stored in the DM's temporary storage.
     UploadUnavailable,
+    /// A queued-ingestion POST (REST v2) went out but its answer was lost: the DM may have
+    /// queued the blob. Never reported as a failure.
+    IngestionOutcomeUnknown,
 }
 
 impl FailureCode {
@@ -55,6 +58,7 @@ impl FailureCode {
             FailureCode::DeadlineExceeded => "DeadlineExceeded",
             FailureCode::TrackingUnavailable => "TrackingUnavailable",
             FailureCode::UploadUnavailable => "UploadUnavailable",
+            FailureCode::IngestionOutcomeUnknown => "IngestionOutcomeUnknown",
         }
     }
 
@@ -68,7 +72,8 @@ impl FailureCode {
             | FailureCode::QueueOutcomeUnknown
             | FailureCode::DeadlineExceeded
             | FailureCode::TrackingUnavailable
-            | FailureCode::UploadUnavailable => true,
+            | FailureCode::UploadUnavailable
+            | FailureCode::IngestionOutcomeUnknown => true,
             FailureCode::DataManagementUnauthorized
             | FailureCode::DataManagementRejected
             | FailureCode::MessageTooLarge

@@ -10,7 +10,9 @@ mod status;
 
 pub(crate) use deadline::Deadline;
 pub(crate) use failure::{BlobFailure, DEFAULT_RETRY_AFTER, FailureCode};
-pub(crate) use status::{BlobState, BlobStatus, Counts, OperationId, PageRequest, StatusPage};
+pub(crate) use status::{
+    BlobState, BlobStatus, Counts, OperationId, PageRequest, RestV2Operation, StatusPage, Tracked,
+};
 
 use crate::domain::{BlobUri, DatabaseName, DmEndpoint, SourceId, TableName};
 use crate::properties::IngestionSpec;

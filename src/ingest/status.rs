@@ -6,38 +6,75 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Names a tracked operation without server state: the DM, where its status rows live, and its
-/// partition. Encoded as base64url JSON. The DM must still be on the allowlist when the id is read,
-/// and the table must be one that DM hands out, so an id can never send the app's token or a
-/// request anywhere else.
+/// Names a tracked operation without server state: the DM and where the backend that tracked it
+/// reads it back. Encoded as base64url JSON. The DM must still be on the allowlist when the id is
+/// read (and, for a status table, the table must be one that DM hands out), so an id can never
+/// send the app's token or a request anywhere else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OperationId {
     pub(crate) dm: DmEndpoint,
-    /// The status table's URL without its SAS.
+    pub(crate) tracked: Tracked,
+}
+
+/// Where a tracked operation's blobs are recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Tracked {
+    /// v1: rows in the DM's status table, one partition per operation.
+    StatusTable {
+        /// The status table's URL without its SAS.
+        table: String,
+        partition: Uuid,
+    },
+    /// v2: the DM's own operations, one per batch posted: `(database, table, operation id)`.
+    RestV2(Vec<RestV2Operation>),
+}
+
+/// One operation of the REST v2 API: the status endpoint is per database and table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RestV2Operation {
+    #[serde(rename = "d")]
+    pub(crate) database: String,
+    #[serde(rename = "t")]
     pub(crate) table: String,
-    pub(crate) partition: Uuid,
+    #[serde(rename = "o")]
+    pub(crate) id: String,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
     v: u8,
     dm: String,
-    t: String,
-    p: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ops: Vec<RestV2Operation>,
 }
 
-/// The longest id accepted; real ones are ~200 characters.
-const MAX_ID: usize = 1024;
+/// The longest id accepted. A status-table id is ~200 characters; a v2 one grows with its
+/// operations, which the v2 backend bounds (`rest_v2::MAX_TRACKED_OPERATIONS`) to stay under this.
+pub(crate) const MAX_ID: usize = 8 * 1024;
 
 impl OperationId {
     pub(crate) fn encode(&self) -> String {
-        let wire = Wire {
-            v: 1,
-            dm: self.dm.to_string(),
-            t: self.table.clone(),
-            p: self.partition,
+        let wire = match &self.tracked {
+            Tracked::StatusTable { table, partition } => Wire {
+                v: 1,
+                dm: self.dm.to_string(),
+                t: Some(table.clone()),
+                p: Some(*partition),
+                ops: Vec::new(),
+            },
+            Tracked::RestV2(ops) => Wire {
+                v: 2,
+                dm: self.dm.to_string(),
+                t: None,
+                p: None,
+                ops: ops.clone(),
+            },
         };
-        // Serializing two strings and a UUID cannot fail; an empty id would be refused on read.
+        // Serializing strings and UUIDs cannot fail; an empty id would be refused on read.
         let json = serde_json::to_vec(&wire).unwrap_or_default();
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
@@ -51,13 +88,17 @@ impl OperationId {
             .decode(raw)
             .ok()?;
         let wire: Wire = serde_json::from_slice(&json).ok()?;
-        if wire.v != 1 {
-            return None;
-        }
+        let tracked = match wire.v {
+            1 => Tracked::StatusTable {
+                table: wire.t?,
+                partition: wire.p?,
+            },
+            2 if !wire.ops.is_empty() => Tracked::RestV2(wire.ops),
+            _ => return None,
+        };
         Some(Self {
             dm: DmEndpoint::parse(&wire.dm).ok()?,
-            table: wire.t,
-            partition: wire.p,
+            tracked,
         })
     }
 }
@@ -147,8 +188,10 @@ mod tests {
     fn operation_ids_round_trip_and_refuse_garbage() {
         let id = OperationId {
             dm: DmEndpoint::parse("https://ingest-a.kusto.windows.net").unwrap(),
-            table: "https://acct.table.core.windows.net/status1".into(),
-            partition: Uuid::new_v4(),
+            tracked: Tracked::StatusTable {
+                table: "https://acct.table.core.windows.net/status1".into(),
+                partition: Uuid::new_v4(),
+            },
         };
         let encoded = id.encode();
         assert!(
@@ -163,6 +206,18 @@ mod tests {
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(r#"{"v":1,"dm":"ftp://x","t":"t","p":"00000000-0000-0000-0000-000000000000"}"#);
         assert_eq!(OperationId::parse(&forged), None);
+        let v2 = OperationId {
+            dm: DmEndpoint::parse("https://ingest-a.kusto.windows.net").unwrap(),
+            tracked: Tracked::RestV2(vec![RestV2Operation {
+                database: "db".into(),
+                table: "T".into(),
+                id: "op-1".into(),
+            }]),
+        };
+        assert_eq!(OperationId::parse(&v2.encode()), Some(v2));
+        let empty = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"v":2,"dm":"https://ingest-a.kusto.windows.net"}"#);
+        assert_eq!(OperationId::parse(&empty), None);
     }
 
     #[test]

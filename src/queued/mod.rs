@@ -13,13 +13,18 @@ mod status_table;
 mod tracking;
 mod upload;
 
+pub(crate) use message::creation_time_now;
+pub(crate) use ranking::AccountRanking;
+pub(crate) use resources::StorageRoot;
+pub(crate) use upload::upload as upload_data;
+
 use crate::data::DataSource;
 use crate::dm::{DmClient, DmError};
 use crate::domain::BlobUri;
 use crate::domain::{AllowedDms, DmEndpoint};
 use crate::ingest::{
     Backend, Batch, BlobFailure, BlobJob, BlobOutcome, Counts, Deadline, FailureCode, Ingested,
-    OperationId, PageRequest, StatusError, StatusPage, UploadError,
+    OperationId, PageRequest, StatusError, StatusPage, Tracked, UploadError,
 };
 use cache::{ResourceCache, Snapshot};
 use futures::StreamExt;
@@ -156,8 +161,10 @@ impl Backend for QueuedBackend {
                 .await;
                 Some(OperationId {
                     dm: dm.clone(),
-                    table: table.public_url(),
-                    partition,
+                    tracked: Tracked::StatusTable {
+                        table: table.public_url(),
+                        partition,
+                    },
                 })
             }
             _ => None,
@@ -191,21 +198,7 @@ impl Backend for QueuedBackend {
     }
 
     async fn discard(&self, blob: &BlobUri) {
-        let Ok(url) = url::Url::parse(blob.expose_with_credentials()) else {
-            return;
-        };
-        let options = azure_storage_blob::BlobClientOptions {
-            client_options: crate::transport::sdk_options(&self.transport),
-            ..azure_storage_blob::BlobClientOptions::default()
-        };
-        let Ok(client) = azure_storage_blob::BlobClient::new(url, None, Some(options)) else {
-            return;
-        };
-        let deleted =
-            tokio::time::timeout(std::time::Duration::from_secs(10), client.delete(None)).await;
-        if !matches!(deleted, Ok(Ok(_))) {
-            tracing::warn!(blob = %blob, "could not delete an uploaded blob that was not queued; storage expires it with the container's lifecycle");
-        }
+        discard(&self.transport, blob).await;
     }
 
     async fn status(
@@ -214,6 +207,15 @@ impl Backend for QueuedBackend {
         page: &PageRequest,
         deadline: Deadline,
     ) -> Result<StatusPage, StatusError> {
+        let Tracked::StatusTable {
+            table: status_table,
+            partition,
+        } = &operation.tracked
+        else {
+            return Err(StatusError::NotFound(
+                "the operation was not tracked through the queues (v1)".to_owned(),
+            ));
+        };
         let queues = self
             .queues(&operation.dm)
             .map_err(StatusError::Unavailable)?;
@@ -224,13 +226,13 @@ impl Backend for QueuedBackend {
         let Some(table) = snapshot
             .status_table
             .as_ref()
-            .filter(|t| t.public_url() == operation.table)
+            .filter(|t| &t.public_url() == status_table)
         else {
             return Err(StatusError::NotFound(
                 "the DM no longer hands out this operation's status table".to_owned(),
             ));
         };
-        let read = tracking::read(table, &self.http, &operation.partition, page, deadline)
+        let read = tracking::read(table, &self.http, partition, page, deadline)
             .await
             .map_err(|e| {
                 StatusError::Unavailable(BlobFailure::new(
@@ -267,6 +269,26 @@ impl QueuedBackend {
             .await
             .map_err(|e| tracking::not_recorded(&e))?;
         Ok(table)
+    }
+}
+
+/// Deletes an uploaded blob whose ingestion was not queued (best effort): its URI carries the
+/// SAS it was written with.
+pub(crate) async fn discard(transport: &azure_core::http::Transport, blob: &BlobUri) {
+    let Ok(url) = url::Url::parse(blob.expose_with_credentials()) else {
+        return;
+    };
+    let options = azure_storage_blob::BlobClientOptions {
+        client_options: crate::transport::sdk_options(transport),
+        ..azure_storage_blob::BlobClientOptions::default()
+    };
+    let Ok(client) = azure_storage_blob::BlobClient::new(url, None, Some(options)) else {
+        return;
+    };
+    let deleted =
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.delete(None)).await;
+    if !matches!(deleted, Ok(Ok(_))) {
+        tracing::warn!(blob = %blob, "could not delete an uploaded blob that was not queued; storage expires it with the container's lifecycle");
     }
 }
 

@@ -31,7 +31,7 @@ impl fmt::Debug for StorageRoot {
 }
 
 impl StorageRoot {
-    fn parse(raw: &str) -> Result<Self, String> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, String> {
         let url = Url::parse(raw)
             .map_err(|e| format!("storage URI {} is not a URL: {e}", redact_url(raw)))?;
         let host = url.host_str().unwrap_or_default().to_owned();

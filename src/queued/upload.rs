@@ -26,7 +26,7 @@ const MAX_ACCOUNTS: usize = 3;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Uploads `data` as `name` into one of `containers`; the blob's URI with the container's SAS.
-pub(super) async fn upload(
+pub(crate) async fn upload(
     containers: &[StorageRoot],
     ranking: &AccountRanking,
     transport: &Transport,
