@@ -1,0 +1,308 @@
+//! The queued-ingestion REST API (v2) backend, black box: the handler chooses it by
+//! `KUSTO_INGEST_METHOD` or by the DM's configuration, batches blobs per `maxBlobsPerBatch`, fails
+//! only the blobs of a failed batch, tracks through the same operations route, and uploads data
+//! bodies to the configuration's containers. The emulator turns every v2 blob into a message on
+//! its queues, so what was queued is read back the same way as for v1.
+
+mod common;
+
+use common::*;
+use kusto_dev::RestV2Config;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn blobs(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| app.blob_uri(&format!("{prefix}/{i}.csv")))
+        .collect()
+}
+
+fn body(uris: &[String]) -> Value {
+    request(uris.iter().map(|u| json!({ "blobUri": u })).collect())
+}
+
+fn queued_posts(app: &TestApp) -> Vec<usize> {
+    let mut sizes: Vec<usize> = app
+        .dm
+        .rest_v2_requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.status == 200)
+        .map(|r| r.blobs)
+        .collect();
+    sizes.sort_unstable();
+    sizes
+}
+
+fn resource_calls(app: &TestApp) -> usize {
+    app.dm.command_count(".get ingestion resources")
+}
+
+#[tokio::test]
+async fn v2_by_setting_posts_batches_of_max_blobs_per_batch() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.rest_v2.max_blobs_per_batch = 2)
+        .start()
+        .await;
+    let uris = blobs(&app, "v2", 5);
+    let mut request = body(&uris);
+    request["tags"] = json!(["drop-by:x"]);
+    let reply = app.post_ingest(&request).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(reply.body["queued"], 5, "{}", reply.text);
+    for (i, r) in reply.body["blobs"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(r["status"], "queued");
+        assert_eq!(
+            r["blobUri"],
+            format!("{}?<redacted>", without_query(&uris[i]))
+        );
+    }
+    assert_eq!(queued_posts(&app), vec![1, 2, 2]);
+    assert_eq!(resource_calls(&app), 0, "v1 resources are never fetched");
+
+    // What the DM queued from the POSTs: every blob once, with the request's properties.
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 5);
+    for uri in &uris {
+        let m = &message_for(&messages, uri).body;
+        assert_eq!(m["DatabaseName"], "testdb");
+        assert_eq!(m["TableName"], "events");
+        assert_eq!(prop(m, "tags"), Some(&json!("[\"drop-by:x\"]")));
+    }
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn auto_follows_a_dm_that_prefers_v2() {
+    let app = TestApp::builder()
+        .emulator(|c| c.rest_v2.preferred_ingestion_method = Some("REST".into()))
+        .start()
+        .await;
+    let reply = app.post_ingest(&body(&blobs(&app, "auto2", 3))).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(queued_posts(&app), vec![3]);
+    assert_eq!(resource_calls(&app), 0);
+    // The configuration is cached: a second request asks only for the POST.
+    let reply = app.post_ingest(&body(&blobs(&app, "auto2b", 1))).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let configuration_reads = app
+        .dm
+        .rest_v2_requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/configuration"))
+        .count();
+    assert_eq!(configuration_reads, 1);
+}
+
+#[tokio::test]
+async fn auto_uses_v1_on_a_dm_without_the_api_or_preferring_v1() {
+    for rest_v2 in [
+        RestV2Config {
+            enabled: false,
+            ..RestV2Config::default()
+        },
+        RestV2Config::default(),
+    ] {
+        let enabled = rest_v2.enabled;
+        let app = TestApp::builder()
+            .emulator(move |c| c.rest_v2 = rest_v2)
+            .start()
+            .await;
+        let uris = blobs(&app, "auto1", 2);
+        let reply = app.post_ingest(&body(&uris)).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+        assert!(queued_posts(&app).is_empty(), "enabled={enabled}");
+        assert!(resource_calls(&app) >= 1, "enabled={enabled}");
+        let messages = app.drain_messages().await;
+        assert_eq!(messages.len(), 2);
+        // The handler's own v1 message: the authorization context of `.get kusto identity token`.
+        let issued = app.dm.issued_authorization_contexts();
+        for m in &messages {
+            let context = prop(&m.body, "authorizationContext").and_then(Value::as_str);
+            assert!(context.is_some_and(|c| issued.iter().any(|i| i == c)));
+        }
+    }
+}
+
+#[tokio::test]
+async fn v2_on_a_dm_without_the_api_fails_clearly() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.rest_v2.enabled = false)
+        .start()
+        .await;
+    let reply = app.post_ingest(&body(&blobs(&app, "none", 1))).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text);
+    assert!(reply.text.contains("REST API (v2)"), "{}", reply.text);
+    assert!(app.drain_messages().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_batch_fails_exactly_its_blobs() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.rest_v2.max_blobs_per_batch = 2)
+        .start()
+        .await;
+    // Batches [0,1], [2,3], [4]: the DM refuses the one holding blob 2.
+    app.dm.fail_rest_v2_blobs("mid/2.csv", 400);
+    let uris = blobs(&app, "mid", 5);
+    let reply = app.post_ingest(&body(&uris)).await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.text);
+    assert_eq!(reply.body["queued"], 3, "{}", reply.text);
+    assert_eq!(reply.body["failed"], 2, "{}", reply.text);
+    let results = reply.body["blobs"].as_array().unwrap();
+    for (i, r) in results.iter().enumerate() {
+        if i == 2 || i == 3 {
+            assert_eq!(r["status"], "failed", "{r}");
+            assert_eq!(r["error"]["code"], "DataManagementRejected", "{r}");
+            assert!(
+                r["error"]["message"].as_str().unwrap().contains("HTTP 400"),
+                "{r}"
+            );
+        } else {
+            assert_eq!(r["status"], "queued", "{r}");
+        }
+    }
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 3);
+    for i in [0, 1, 4] {
+        message_for(&messages, &uris[i]);
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_batch_is_retried_within_the_deadline() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .env("INGEST_REQUEST_DEADLINE_SECONDS", "3")
+        .start()
+        .await;
+    // A DM that keeps answering 503 for this blob: retried until the deadline, then failed
+    // as transient, while the other blob (its own POST: other properties) is queued.
+    app.dm.fail_rest_v2_blobs("busy/0.csv", 503);
+    let busy = app.blob_uri("busy/0.csv");
+    let fine = app.blob_uri("fine/0.csv");
+    let request = json!({"database": "testdb", "table": "events", "blobs": [
+        {"blobUri": busy},
+        {"blobUri": fine, "additionalProperties": {"tags": "[\"other\"]"}},
+    ]});
+    let started = Instant::now();
+    let reply = app.post_ingest(&request).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.text);
+    let results = reply.body["blobs"].as_array().unwrap();
+    assert_eq!(results[0]["error"]["code"], "DataManagementUnavailable");
+    assert_eq!(results[1]["status"], "queued");
+    let attempts = app
+        .dm
+        .rest_v2_requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.status == 503)
+        .count();
+    assert!(attempts >= 2, "retried: {attempts}");
+}
+
+#[tokio::test]
+async fn v2_tracking_reads_back_through_the_operations_route() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| {
+            c.ingest = true;
+            c.rest_v2.max_blobs_per_batch = 1;
+        })
+        .start()
+        .await;
+    let good = app.upload_blob("t/good.csv", b"a,b\n1,2\n3,4\n").await;
+    let missing = app.blob_uri("t/missing.csv");
+    let mut request = request(vec![json!({"blobUri": good}), json!({"blobUri": missing})]);
+    request["tracking"] = json!(true);
+    let reply = app.post_ingest(&request).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let operation = reply.body["operationId"].as_str().expect("operationId");
+    // One handler operation over two v2 operations (one blob per batch).
+    assert_eq!(queued_posts(&app), vec![1, 1]);
+
+    let started = Instant::now();
+    let status = loop {
+        let status = app
+            .get(&format!("/api/ingest/operations/{operation}"))
+            .await;
+        assert_eq!(status.status, StatusCode::OK, "{}", status.text);
+        if status.body["state"] != "InProgress" || started.elapsed() > Duration::from_secs(30) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        status.body["state"], "PartiallySucceeded",
+        "{}",
+        status.text
+    );
+    assert_eq!(status.body["status"]["Succeeded"], 1);
+    assert_eq!(status.body["status"]["Failed"], 1);
+    let details = status.body["details"].as_array().unwrap();
+    let failed = details.iter().find(|d| d["status"] == "Failed").unwrap();
+    assert_eq!(failed["blob"], without_query(&missing));
+    assert!(
+        failed["errorCode"]
+            .as_str()
+            .unwrap()
+            .starts_with("Download_")
+    );
+    assert_eq!(app.dm.row_count("testdb", "events"), 3);
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn data_bodies_go_to_the_configurations_containers() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.ingest = true)
+        .start()
+        .await;
+    let data = b"id,name\n1,a\n2,b\n3,c\n".to_vec();
+    let reply = reqwest::Client::new()
+        .post(format!(
+            "{}/api/ingest/testdb/uploaded?format=csv",
+            app.address
+        ))
+        .header("x-functions-key", FUNCTION_KEY)
+        .header("content-type", "text/csv")
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status();
+    let body: Value = reply.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(queued_posts(&app), vec![1]);
+    let source_id = body["blobs"][0]["sourceId"].as_str().unwrap();
+    let outcome = app
+        .dm
+        .wait_for_outcome(source_id, Duration::from_secs(30))
+        .await
+        .expect("the emulator ingested it");
+    assert_eq!(outcome.rows, 4, "{outcome:?}");
+    let path = outcome.message["BlobPath"].as_str().unwrap();
+    assert!(
+        app.dm
+            .temp_containers()
+            .iter()
+            .any(|(_, container)| path.contains(container.as_str())),
+        "{path}"
+    );
+    assert_eq!(resource_calls(&app), 0);
+}
+
+#[test]
+fn a_bad_method_stops_start_up_naming_the_setting() {
+    let (status, output) = run_to_exit(&[
+        ("KUSTO_INGEST_URI", "https://ingest-a.kusto.windows.net"),
+        ("KUSTO_INGEST_METHOD", "queues"),
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("KUSTO_INGEST_METHOD"), "{output}");
+    assert!(output.contains("'queues'"), "{output}");
+}
