@@ -295,21 +295,6 @@ async fn a_client_that_disconnects_mid_body_queues_nothing() {
     assert!(committed_temp_blobs(&app).await.is_empty());
 }
 
-/// Peak resident memory of a process, from /proc.
-#[cfg(target_os = "linux")]
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_200_mb_body_streams_in_bounded_memory() {

@@ -371,21 +371,6 @@ async fn requests_over_the_in_flight_limit_are_answered_503_at_once() {
     let _ = held.await;
 }
 
-/// Peak resident memory of a process, from /proc.
-#[cfg(target_os = "linux")]
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_body_of_tiny_json_values_costs_memory_in_proportion_to_its_size() {

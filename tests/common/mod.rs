@@ -570,3 +570,18 @@ pub fn message_for<'a>(messages: &'a [QueuedMessage], blob_uri: &str) -> &'a Que
 pub fn without_query(uri: &str) -> &str {
     uri.split('?').next().unwrap_or(uri)
 }
+
+/// Peak resident memory of a process, from /proc.
+#[cfg(target_os = "linux")]
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
