@@ -126,7 +126,6 @@ impl RouteTable {
         &self.routes
     }
 
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }

@@ -439,3 +439,57 @@ async fn malformed_payloads_are_rejected_without_panic_or_queueing() {
     assert!(app.drain_messages().await.is_empty());
     assert!(!app.log_text().contains("panicked"), "{}", app.log_text());
 }
+
+#[tokio::test]
+async fn without_rules_blob_metadata_names_the_destination() {
+    let azurite = kusto_dev::Azurite::shared();
+    let container = new_container(azurite, "norules").await;
+    // No rules, and metadata reading left at its default: without rules it is read anyway.
+    let app = TestApp::builder()
+        .env("INGEST_ROUTES", "")
+        .env("INGEST_LOCAL_BLOB_SAS", &read_sas(azurite))
+        .start()
+        .await;
+    let named = upload(
+        &app,
+        &container,
+        "in/a.csv",
+        CSV,
+        &[("kustoDatabase", "metadb"), ("kustoTable", "MetaTable")],
+    )
+    .await;
+    upload(
+        &app,
+        &container,
+        "in/b.csv",
+        CSV,
+        &[("kustoTable", "OnlyTable")],
+    )
+    .await;
+    upload(&app, &container, "in/c.csv", CSV, &[]).await;
+
+    let mut ids = Vec::new();
+    for name in ["in/a.csv", "in/b.csv", "in/c.csv"] {
+        let id = format!("norules-{}", uuid::Uuid::new_v4());
+        let event = blob_created(Schema::EventGrid, &id, &app, &container, name, 15);
+        let reply = post_blob_created(&app, envelope(Encoding::HostDoubleEncoded, &event)).await;
+        assert_eq!(reply.status, 200, "{:#?}", reply_logs(&reply));
+        ids.push((
+            source_id_for(&id).to_string(),
+            reply_logs(&reply).join("\n"),
+        ));
+    }
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let m = message_with_id(&messages, &ids[0].0);
+    assert_eq!(m["BlobPath"], json!(named));
+    assert_eq!(m["DatabaseName"], "metadb");
+    assert_eq!(m["TableName"], "MetaTable");
+    assert_eq!(prop(m, "format"), Some(&json!("csv")), "from the blob name");
+    for (_, logs) in &ids[1..] {
+        assert!(
+            logs.contains("does not name both kustoDatabase and kustoTable"),
+            "{logs}"
+        );
+    }
+}

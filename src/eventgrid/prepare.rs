@@ -44,6 +44,9 @@ struct Context<'a> {
     at: String,
 }
 
+/// How a blob routed by its metadata alone is described in logs and replies.
+const BY_METADATA: &str = "no rule: database and table from blob metadata";
+
 pub(super) async fn prepare<M: BlobMetadata>(
     trigger: &Trigger,
     metadata: &M,
@@ -61,23 +64,27 @@ pub(super) async fn prepare<M: BlobMetadata>(
     );
     check_ingestible(&id, &where_, &blob)?;
     let blob_uri = locate(&id, &blob)?;
-    let Some(route) = trigger.routes.find(&blob.container, &blob.path) else {
+    // Without any rule, as with Azure Data Explorer's own Event Grid connection, the blob's
+    // kustoDatabase/kustoTable metadata names its destination. With rules, they are the scope.
+    let route = trigger.routes.find(&blob.container, &blob.path);
+    let by_metadata = route.is_none() && trigger.routes.is_empty();
+    if route.is_none() && !by_metadata {
         return Err(Verdict::Skip(format!(
             "event {id}: skipped {where_}: no INGEST_ROUTES rule matches ({})",
             blob_uri.without_credentials()
         )));
-    };
+    }
     let at = format!(
         "{} ({schema}, {})",
         blob_uri.without_credentials(),
-        route.describe()
+        route.map_or_else(|| BY_METADATA.to_owned(), Route::describe)
     );
     let cx = Context {
         id,
         blob: &blob,
         at,
     };
-    let overrides = if trigger.read_metadata {
+    let overrides = if trigger.read_metadata || by_metadata {
         read_overrides(&cx, metadata, &blob_uri, deadline).await?
     } else {
         Overrides::default()
@@ -85,21 +92,24 @@ pub(super) async fn prepare<M: BlobMetadata>(
     if overrides.is_folder {
         return Err(cx.skip("it is a folder (hdi_isfolder)"));
     }
-    let (database, table) = destination(&cx, route, &overrides)?;
+    let (database, table) = match route {
+        Some(route) => destination(&cx, route, &overrides)?,
+        None => metadata_destination(&cx, &overrides)?,
+    };
     let properties = layered_properties(&cx, trigger, route, &overrides)?;
     let raw_data_size = overrides.raw_size.or(if blob_uri.is_compressed() {
         None
     } else {
         blob.content_length
     });
-    let blob_for_dm = match &route.blob_uri_suffix {
+    let blob_for_dm = match route.and_then(|r| r.blob_uri_suffix.as_ref()) {
         None => blob_uri,
         Some(suffix) => blob_uri.with_credential_suffix(suffix),
     };
     Ok(Planned {
         label: Label {
             event_id: cx.id,
-            route: route.describe(),
+            route: route.map_or_else(|| BY_METADATA.to_owned(), Route::describe),
         },
         job: BlobJob {
             blob: blob_for_dm,
@@ -234,11 +244,28 @@ fn destination(
     Ok((database, table))
 }
 
+/// The destination of a blob no rule covers: its metadata must name both.
+fn metadata_destination(
+    cx: &Context<'_>,
+    overrides: &Overrides,
+) -> Result<(DatabaseName, TableName), Verdict> {
+    let (Some(database), Some(table)) = (&overrides.database, &overrides.table) else {
+        return Err(cx.skip(
+            "INGEST_ROUTES is empty and the blob's metadata does not name both kustoDatabase and kustoTable",
+        ));
+    };
+    let database = DatabaseName::parse(database)
+        .map_err(|error| cx.skip(format_args!("blob metadata kustoDatabase: {error}")))?;
+    let table = TableName::parse(table)
+        .map_err(|error| cx.skip(format_args!("blob metadata kustoTable: {error}")))?;
+    Ok((database, table))
+}
+
 /// Precedence, lowest first: settings defaults, format from the blob name, the rule, metadata.
 fn layered_properties(
     cx: &Context<'_>,
     trigger: &Trigger,
-    route: &Route,
+    route: Option<&Route>,
     overrides: &Overrides,
 ) -> Result<Properties, Verdict> {
     let from_metadata = overrides
@@ -251,7 +278,9 @@ fn layered_properties(
     if let Some(format) = format::infer_format(file_name) {
         properties.overlay(&Properties::format(format));
     }
-    properties.overlay(&route.properties);
+    if let Some(route) = route {
+        properties.overlay(&route.properties);
+    }
     properties.overlay(&from_metadata);
     Ok(properties)
 }
