@@ -1365,9 +1365,10 @@ fn optional_integrations_are_switched_by_parameters() {
         inner["variables"][var], "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
         "Storage Blob Data Reader"
     );
+    // Without rules the handler reads every blob's metadata, so the subscription needs the reader.
     assert_eq!(
         d["properties"]["parameters"]["grantReader"]["value"],
-        "[parameters('grantDataStorageReader')]"
+        "[or(parameters('grantDataStorageReader'), and(variables('createEventGrid'), empty(parameters('ingestRoutes'))))]"
     );
 
     // (c) Event Grid
