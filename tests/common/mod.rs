@@ -33,6 +33,8 @@ pub struct TestApp {
     pub azurite: &'static Azurite,
     pub dm: DmEmulator,
     pub container: String,
+    /// What the handler speaks to the emulator.
+    pub protocol: Protocol,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
     responses: Mutex<Vec<String>>,
@@ -70,10 +72,50 @@ pub struct QueuedMessage {
 /// Fault injection run between the emulator's start and the handler's.
 type FaultSetup = Box<dyn FnOnce(&Faults) + Send>;
 
+/// Which queued-ingestion protocol the handler speaks to the emulator. `V1` leaves
+/// `KUSTO_INGEST_METHOD` at its default (auto; the emulator prefers v1), `V2` sets it to `v2`.
+/// The core API tests run both ways ([`both_protocols!`]); `INGEST_TEST_PROTOCOL=v2` makes v2 the
+/// default of every other black-box test too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V1,
+    V2,
+}
+
+impl Protocol {
+    fn from_env() -> Self {
+        match std::env::var("INGEST_TEST_PROTOCOL").as_deref() {
+            Ok("v2" | "V2") => Protocol::V2,
+            _ => Protocol::V1,
+        }
+    }
+}
+
+/// Runs each `async fn name(protocol: Protocol)` once per protocol, as tests `name::v1` and
+/// `name::v2`: one harness, no copies of the tests.
+#[macro_export]
+macro_rules! both_protocols {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn v1() {
+                    super::$name(super::Protocol::V1).await
+                }
+                #[tokio::test]
+                async fn v2() {
+                    super::$name(super::Protocol::V2).await
+                }
+            }
+        )*
+    };
+}
+
 pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     config: EmulatorConfig,
     faults: Option<FaultSetup>,
+    protocol: Protocol,
 }
 
 impl TestAppBuilder {
@@ -84,6 +126,11 @@ impl TestAppBuilder {
 
     pub fn emulator(mut self, f: impl FnOnce(&mut EmulatorConfig)) -> Self {
         f(&mut self.config);
+        self
+    }
+
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
         self
     }
 
@@ -102,7 +149,14 @@ impl TestAppBuilder {
         if let Some(f) = self.faults {
             f(&dm.faults());
         }
-        TestApp::spawn(azurite, dm, self.env).await
+        let mut env = self.env;
+        if self.protocol == Protocol::V2 {
+            // First, so a test that sets the method itself wins (later values override).
+            env.insert(0, ("KUSTO_INGEST_METHOD".to_owned(), "v2".to_owned()));
+        }
+        let mut app = TestApp::spawn(azurite, dm, env).await;
+        app.protocol = self.protocol;
+        app
     }
 }
 
@@ -112,6 +166,7 @@ impl TestApp {
             env: Vec::new(),
             config: EmulatorConfig::default(),
             faults: None,
+            protocol: Protocol::from_env(),
         }
     }
 
@@ -169,6 +224,7 @@ impl TestApp {
             azurite,
             dm,
             container,
+            protocol: Protocol::V1,
             child: Some(child),
             log,
             responses: Mutex::new(Vec::new()),
