@@ -4,10 +4,18 @@
 //! logged while the request runs carry the same span, so they share its invocation id.
 
 use crate::domain::clip;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fmt::Display;
+use std::future::Future;
 use tokio::time::Instant;
 use tracing::Span;
 use tracing::field::Empty;
+
+tokio::task_local! {
+    /// Storage accounts that took a message or an upload for the request this task serves.
+    static ACCOUNTS: RefCell<BTreeSet<String>>;
+}
 
 /// The header the Functions host adds to every request it forwards or proxies.
 pub(crate) const INVOCATION_HEADER: &str = "x-azure-functions-invocationid";
@@ -58,11 +66,33 @@ pub(crate) fn record(field: &'static str, value: impl Display) {
     Span::current().record(field, tracing::field::display(value));
 }
 
+/// Runs a request's work where [`account_used`] can note accounts for its summary line. The
+/// queue posts and uploads run in the request's own task, so a task-local reaches them without
+/// threading a collector through the backend.
+pub(crate) async fn collecting_accounts<F: Future>(work: F) -> F::Output {
+    ACCOUNTS.scope(RefCell::new(BTreeSet::new()), work).await
+}
+
+/// Notes that `account` took a message or an upload for the current request.
+pub(crate) fn account_used(account: &str) {
+    // Outside a request (start-up, a background refresh) there is nothing to note.
+    let _ = ACCOUNTS.try_with(|accounts| {
+        let mut accounts = accounts.borrow_mut();
+        if !accounts.contains(account) {
+            accounts.insert(clip(account));
+        }
+    });
+}
+
 /// The summary line itself, inside the request's span.
 pub(crate) fn done(status: u16, started: Instant) {
+    let accounts = ACCOUNTS
+        .try_with(|a| a.borrow().iter().cloned().collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
     tracing::info!(
         status,
         elapsed_ms = started.elapsed().as_millis() as u64,
+        accounts = %accounts,
         "request done"
     );
 }

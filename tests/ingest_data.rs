@@ -319,3 +319,44 @@ async fn a_200_mb_body_streams_in_bounded_memory() {
         "handler peak RSS {peak} KiB for a 200 MB body"
     );
 }
+
+#[tokio::test]
+async fn the_summary_line_names_the_accounts_that_took_the_data() {
+    let app = TestApp::start().await;
+    let invocation = "0c1d2e3f-4a5b-4c6d-8e7f-901234567890";
+    let reply = post_data(
+        &app,
+        "/api/ingest/testdb/logged?format=csv",
+        &[("X-Azure-Functions-InvocationId", invocation)],
+        csv(5).into(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let line = app
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("request done") && l.contains(invocation))
+        .unwrap_or_else(|| panic!("no summary line:\n{}", app.log_text()));
+    for field in [
+        "route=data",
+        "blobs=1",
+        "queued=1",
+        "status=202",
+        "raw_bytes=",
+    ] {
+        assert!(line.contains(field), "{field} missing from: {line}");
+    }
+    // The temporary container's account and the queue's (both ingestacct1/2 here).
+    let accounts = line
+        .split("accounts=")
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    assert!(
+        accounts.split(',').all(|a| a.starts_with("ingestacct")) && !accounts.is_empty(),
+        "{line}"
+    );
+}

@@ -46,7 +46,7 @@ pub(crate) fn routes<B: Backend>(
              length: Option<u64>,
              body| {
                 let span = summary::span("ingest", invocation.as_deref());
-                async move {
+                summary::collecting_accounts(async move {
                     let started = Instant::now();
                     let deadline = Deadline::after(services.request_deadline);
                     let Some(_in_flight) = services.admit() else {
@@ -63,7 +63,7 @@ pub(crate) fn routes<B: Backend>(
                         Err(error) => error.into(),
                     };
                     logged(reply, started)
-                }
+                })
                 .instrument(span)
             },
         );
@@ -76,7 +76,7 @@ pub(crate) fn routes<B: Backend>(
         .then(
             |services: Arc<Services<B>>, invocation: Option<String>, length: Option<u64>, body| {
                 let span = summary::span("BlobCreated", invocation.as_deref());
-                async move {
+                summary::collecting_accounts(async move {
                     let started = Instant::now();
                     let deadline = Deadline::after(services.event_deadline);
                     let Some(_in_flight) = services.admit() else {
@@ -96,7 +96,7 @@ pub(crate) fn routes<B: Backend>(
                     };
                     summary::done(reply.status, started);
                     json_response(reply.status, None, reply.body.to_string())
-                }
+                })
                 .instrument(span)
             },
         );
@@ -122,7 +122,7 @@ pub(crate) fn routes<B: Backend>(
              content_length: Option<u64>,
              body| {
                 let span = summary::span("data", invocation.as_deref());
-                async move {
+                summary::collecting_accounts(async move {
                     let started = Instant::now();
                     let deadline = Deadline::after(services.data_deadline);
                     let Some(_in_flight) = services.admit() else {
@@ -143,7 +143,7 @@ pub(crate) fn routes<B: Backend>(
                         .handle(&services.backend, request, deadline)
                         .await;
                     logged(reply, started)
-                }
+                })
                 .instrument(span)
             },
         );
@@ -156,7 +156,7 @@ pub(crate) fn routes<B: Backend>(
         .then(
             |id: String, query: String, invocation: Option<String>, services: Arc<Services<B>>| {
                 let span = summary::span("operation", invocation.as_deref());
-                async move {
+                summary::collecting_accounts(async move {
                     let started = Instant::now();
                     let deadline = Deadline::after(services.request_deadline);
                     let Some(_in_flight) = services.admit() else {
@@ -166,7 +166,7 @@ pub(crate) fn routes<B: Backend>(
                         operations::handle(&services.backend, &services.dms, &id, &query, deadline)
                             .await;
                     logged(reply, started)
-                }
+                })
                 .instrument(span)
             },
         );

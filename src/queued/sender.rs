@@ -218,6 +218,7 @@ impl DmQueues {
             let error = match pool.post(index, &text, delivery.deadline).await {
                 Ok(()) => {
                     self.ranking.record(account, true);
+                    crate::request_log::account_used(account);
                     tracing::debug!(blob = %job.blob, source_id = %job.source_id, database = %job.database, table = %job.table, queue_account = account, "queued");
                     return Ok(());
                 }

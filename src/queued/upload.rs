@@ -46,6 +46,7 @@ pub(crate) async fn upload(
         match target.stage(0, block.clone(), deadline).await {
             Ok(()) => {
                 ranking.record(&container.account, true);
+                crate::request_log::account_used(&container.account);
                 return target.finish(data, block, deadline).await;
             }
             Err(error) => {
