@@ -236,7 +236,7 @@ fn configuration(state: &State) -> Value {
 struct Blob {
     url: String,
     source_id: String,
-    raw_size: u64,
+    raw_size: Option<u64>,
 }
 
 fn read_blobs(body: &Value, max: usize) -> Result<Vec<Blob>, String> {
@@ -269,10 +269,11 @@ fn read_blobs(body: &Value, max: usize) -> Result<Vec<Blob>, String> {
                 Some(_) => return Err("'sourceId' must be a GUID string".to_string()),
             };
             let raw_size = match b.get("rawSize") {
-                None | Some(Value::Null) => 0,
-                Some(v) => v
-                    .as_u64()
-                    .ok_or("'rawSize' must be a non-negative integer")?,
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or("'rawSize' must be a non-negative integer")?,
+                ),
             };
             Ok(Blob {
                 url: url.to_string(),
@@ -311,10 +312,9 @@ fn message(
             .and_then(Value::as_bool)
             .unwrap_or(false)
     };
-    json!({
+    let mut message = json!({
         "Id": blob.source_id,
         "BlobPath": blob.url,
-        "RawDataSize": blob.raw_size,
         "DatabaseName": database,
         "TableName": table,
         // The v2 API deletes the blob only when asked to.
@@ -324,7 +324,12 @@ fn message(
         "ReportLevel": 1,
         "ReportMethod": 0,
         "AdditionalProperties": additional,
-    })
+    });
+    // An unknown size stays unknown, as a client's v1 message leaves it out.
+    if let Some(size) = blob.raw_size {
+        message["RawDataSize"] = size.into();
+    }
+    message
 }
 
 async fn queued(
@@ -528,7 +533,7 @@ mod tests {
         let ok = json!({"blobs": [{"url": "https://a.blob.core.windows.net/c/b.csv?sig=x",
             "sourceId": "123e4567-e89b-12d3-a456-426614174000", "rawSize": 10}]});
         let blobs = read_blobs(&ok, 20).unwrap();
-        assert_eq!(blobs[0].raw_size, 10);
+        assert_eq!(blobs[0].raw_size, Some(10));
         assert_eq!(blobs[0].source_id, "123e4567-e89b-12d3-a456-426614174000");
         for (bad, why) in [
             (json!({}), "required"),
@@ -553,7 +558,7 @@ mod tests {
         let blob = Blob {
             url: "https://a.blob.core.windows.net/c/b.csv?sig=x".into(),
             source_id: "123e4567-e89b-12d3-a456-426614174000".into(),
-            raw_size: 5,
+            raw_size: None,
         };
         let props = json!({"format": "csv", "tags": ["ingest-by:x"], "enableTracking": true,
             "ignoreFirstRecord": true});
@@ -566,5 +571,9 @@ mod tests {
         assert!(read.ignore_first_record);
         assert!(read.retain_blob_on_success);
         assert_eq!(read.authorization_context.as_deref(), Some("ctx"));
+        assert!(
+            read.json.get("RawDataSize").is_none(),
+            "unknown size left out"
+        );
     }
 }
