@@ -160,7 +160,12 @@ impl DataApi {
             Ok(Ingested {
                 outcomes,
                 operation,
-            }) => (outcomes, operation),
+            }) => {
+                if let Some(operation) = &operation {
+                    summary::record("operation_id", operation.encode());
+                }
+                (outcomes, operation)
+            }
             Err(failure) => (vec![BlobOutcome::Failed(failure)], None),
         };
         let (queued, unknown) = match outcomes.first() {

@@ -106,6 +106,7 @@ impl IngestApi {
             }
         };
         if let Some(operation) = &operation {
+            summary::record("operation_id", operation.encode());
             tracing::info!(operation_id = %operation.encode(), dm = %dm, blobs = jobs.len(), "tracked operation");
         }
         let (queued, unknown, _) = results::counts(&outcomes);
