@@ -5,17 +5,28 @@
 mod common;
 mod eventgrid_support;
 
-use common::{DATA_ACCOUNT, TestApp, prop};
+use common::{DATA_ACCOUNT, Protocol, TestApp, prop};
 use eventgrid_support::*;
 use kusto_ingest_api::eventgrid::source_id_for;
 use serde_json::{Value, json};
 
+// Every test runs against both protocols (`name::v1`, `name::v2`).
+both_protocols!(
+    documented_payloads_in_every_schema_and_encoding_are_queued,
+    metadata_overrides_the_rule_and_the_format_follows_the_blob_name,
+    events_that_are_not_ingestible_are_acknowledged_and_never_queued,
+    transient_failure_answers_500_and_redelivery_keeps_the_source_id,
+    malformed_payloads_are_rejected_without_panic_or_queueing,
+    without_rules_blob_metadata_names_the_destination,
+);
+
 const CSV: &[u8] = b"a,b\n1,2\n3,4\n";
 
 /// A handler routing `container` by `rules`, reading blob metadata with a local SAS.
-async fn start(rules: Value) -> TestApp {
+async fn start(protocol: Protocol, rules: Value) -> TestApp {
     let azurite = kusto_dev::Azurite::shared();
     TestApp::builder()
+        .protocol(protocol)
         .env("INGEST_ROUTES", &rules.to_string())
         .env("INGEST_READ_BLOB_METADATA", "true")
         .env("INGEST_LOCAL_BLOB_SAS", &read_sas(azurite))
@@ -51,14 +62,16 @@ fn message_with_id<'a>(messages: &'a [common::QueuedMessage], id: &str) -> &'a V
     found[0]
 }
 
-#[tokio::test]
-async fn documented_payloads_in_every_schema_and_encoding_are_queued() {
+async fn documented_payloads_in_every_schema_and_encoding_are_queued(protocol: Protocol) {
     let azurite = kusto_dev::Azurite::shared();
     let container = new_container(azurite, "landing").await;
-    let app = start(json!([
-        {"container": container, "prefix": "sales/", "database": "testdb", "table": "Sales",
-         "properties": {"ignoreFirstRecord": true}}
-    ]))
+    let app = start(
+        protocol,
+        json!([
+            {"container": container, "prefix": "sales/", "database": "testdb", "table": "Sales",
+             "properties": {"ignoreFirstRecord": true}}
+        ]),
+    )
     .await;
     let url = upload(&app, &container, "sales/2024/a.csv", CSV, &[]).await;
 
@@ -118,15 +131,17 @@ async fn documented_payloads_in_every_schema_and_encoding_are_queued() {
     app.assert_no_secrets();
 }
 
-#[tokio::test]
-async fn metadata_overrides_the_rule_and_the_format_follows_the_blob_name() {
+async fn metadata_overrides_the_rule_and_the_format_follows_the_blob_name(protocol: Protocol) {
     let azurite = kusto_dev::Azurite::shared();
     let container = new_container(azurite, "typed").await;
-    let app = start(json!([
-        {"container": container, "prefix": "typed/", "database": "testdb", "table": "Typed",
-         "format": "psv", "ingestionMappingReference": "ruleMapping"},
-        {"container": container, "database": "testdb", "table": "Any"}
-    ]))
+    let app = start(
+        protocol,
+        json!([
+            {"container": container, "prefix": "typed/", "database": "testdb", "table": "Typed",
+             "format": "psv", "ingestionMappingReference": "ruleMapping"},
+            {"container": container, "database": "testdb", "table": "Any"}
+        ]),
+    )
     .await;
 
     let plain = upload(
@@ -205,11 +220,14 @@ async fn metadata_overrides_the_rule_and_the_format_follows_the_blob_name() {
     assert_no_sas(&app, &[]);
 }
 
-#[tokio::test]
-async fn events_that_are_not_ingestible_are_acknowledged_and_never_queued() {
+async fn events_that_are_not_ingestible_are_acknowledged_and_never_queued(protocol: Protocol) {
     let azurite = kusto_dev::Azurite::shared();
     let container = new_container(azurite, "skips").await;
-    let app = start(json!([{"container": container, "database": "testdb", "table": "T"}])).await;
+    let app = start(
+        protocol,
+        json!([{"container": container, "database": "testdb", "table": "T"}]),
+    )
+    .await;
     // "empty.csv" needs no blob: a zero contentLength is skipped before any storage call.
     upload(
         &app,
@@ -303,11 +321,14 @@ async fn events_that_are_not_ingestible_are_acknowledged_and_never_queued() {
     assert_no_sas(&app, &replies);
 }
 
-#[tokio::test]
-async fn transient_failure_answers_500_and_redelivery_keeps_the_source_id() {
+async fn transient_failure_answers_500_and_redelivery_keeps_the_source_id(protocol: Protocol) {
     let azurite = kusto_dev::Azurite::shared();
     let container = new_container(azurite, "retry").await;
-    let app = start(json!([{"container": container, "database": "testdb", "table": "T"}])).await;
+    let app = start(
+        protocol,
+        json!([{"container": container, "database": "testdb", "table": "T"}]),
+    )
+    .await;
     let url = upload(&app, &container, "r.csv", CSV, &[]).await;
     let event = blob_created(
         Schema::EventGrid,
@@ -360,11 +381,14 @@ async fn transient_failure_answers_500_and_redelivery_keeps_the_source_id() {
     }
 }
 
-#[tokio::test]
-async fn malformed_payloads_are_rejected_without_panic_or_queueing() {
+async fn malformed_payloads_are_rejected_without_panic_or_queueing(protocol: Protocol) {
     let azurite = kusto_dev::Azurite::shared();
     let container = new_container(azurite, "landing").await;
-    let app = start(json!([{"container": container, "database": "testdb", "table": "T"}])).await;
+    let app = start(
+        protocol,
+        json!([{"container": container, "database": "testdb", "table": "T"}]),
+    )
+    .await;
 
     let mut corpus: Vec<(String, Vec<u8>)> = std::fs::read_dir(fixtures_dir().join("malformed"))
         .expect("malformed corpus")
@@ -440,12 +464,12 @@ async fn malformed_payloads_are_rejected_without_panic_or_queueing() {
     assert!(!app.log_text().contains("panicked"), "{}", app.log_text());
 }
 
-#[tokio::test]
-async fn without_rules_blob_metadata_names_the_destination() {
+async fn without_rules_blob_metadata_names_the_destination(protocol: Protocol) {
     let azurite = kusto_dev::Azurite::shared();
     let container = new_container(azurite, "norules").await;
     // No rules, and metadata reading left at its default: without rules it is read anyway.
     let app = TestApp::builder()
+        .protocol(protocol)
         .env("INGEST_ROUTES", "")
         .env("INGEST_LOCAL_BLOB_SAS", &read_sas(azurite))
         .start()

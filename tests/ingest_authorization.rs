@@ -10,6 +10,14 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
+// Every test runs against both protocols (`name::v1`, `name::v2`).
+both_protocols!(
+    targets_outside_the_allowlist_are_refused,
+    blobs_from_other_storage_and_credential_suffixes_are_refused,
+    app_roles_of_the_caller_decide_what_it_may_ingest,
+    idempotent_requests_tag_each_blob_so_a_retry_is_ingested_once,
+);
+
 const RESOURCES: &str = ".get ingestion resources";
 const IDENTITY: &str = ".get kusto identity token";
 
@@ -40,9 +48,9 @@ fn data_source(app: &TestApp) -> String {
     )
 }
 
-#[tokio::test]
-async fn targets_outside_the_allowlist_are_refused() {
+async fn targets_outside_the_allowlist_are_refused(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .env("INGEST_ALLOWED_TARGETS", "testdb.events, sales.*")
         .start()
         .await;
@@ -57,12 +65,12 @@ async fn targets_outside_the_allowlist_are_refused() {
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
 }
 
-#[tokio::test]
-async fn blobs_from_other_storage_and_credential_suffixes_are_refused() {
-    let app = TestApp::start().await;
+async fn blobs_from_other_storage_and_credential_suffixes_are_refused(protocol: Protocol) {
+    let app = TestApp::builder().protocol(protocol).start().await;
     let allowed = data_source(&app);
     drop(app);
     let app = TestApp::builder()
+        .protocol(protocol)
         .env("INGEST_ALLOWED_BLOB_SOURCES", &allowed)
         .start()
         .await;
@@ -106,9 +114,9 @@ fn principal(roles: &[&str]) -> String {
     base64::engine::general_purpose::STANDARD.encode(json.to_string())
 }
 
-#[tokio::test]
-async fn app_roles_of_the_caller_decide_what_it_may_ingest() {
+async fn app_roles_of_the_caller_decide_what_it_may_ingest(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .env(
             "INGEST_CALLER_ROLES",
             r#"{"Ingest.Events": {"targets": ["testdb.events"]}, "Ingest.Sales": {"targets": ["sales.*"]}}"#,
@@ -138,9 +146,8 @@ async fn app_roles_of_the_caller_decide_what_it_may_ingest() {
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
 }
 
-#[tokio::test]
-async fn idempotent_requests_tag_each_blob_so_a_retry_is_ingested_once() {
-    let app = TestApp::start().await;
+async fn idempotent_requests_tag_each_blob_so_a_retry_is_ingested_once(protocol: Protocol) {
+    let app = TestApp::builder().protocol(protocol).start().await;
     let uri = app.blob_uri("once.csv");
     let source_id = "0b6f5c3e-1f2a-4b3c-8d4e-5f6a7b8c9d0e";
     let mut body = request(vec![json!({ "blobUri": uri, "sourceId": source_id })]);
