@@ -20,6 +20,18 @@ fn csv(lines: usize) -> Vec<u8> {
         .collect()
 }
 
+// Every test runs against both protocols (`name::v1`, `name::v2`): v2 uploads to the
+// configuration's containers.
+both_protocols!(
+    a_csv_body_is_uploaded_queued_and_ingested,
+    ndjson_and_gzip_bodies,
+    bad_bodies_are_refused_with_nothing_queued_or_committed,
+    a_refusing_temporary_account_fails_over_to_another,
+    a_client_that_disconnects_mid_body_queues_nothing,
+    a_200_mb_body_streams_in_bounded_memory,
+    the_summary_line_names_the_accounts_that_took_the_data,
+);
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), Compression::default());
     e.write_all(bytes).unwrap();
@@ -69,9 +81,9 @@ async fn committed_temp_blobs(app: &TestApp) -> Vec<String> {
     all
 }
 
-#[tokio::test]
-async fn a_csv_body_is_uploaded_queued_and_ingested() {
+async fn a_csv_body_is_uploaded_queued_and_ingested(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .emulator(|c| c.ingest = true)
         .start()
         .await;
@@ -108,9 +120,9 @@ async fn a_csv_body_is_uploaded_queued_and_ingested() {
     app.assert_no_secrets();
 }
 
-#[tokio::test]
-async fn ndjson_and_gzip_bodies() {
+async fn ndjson_and_gzip_bodies(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .emulator(|c| c.ingest = true)
         .start()
         .await;
@@ -163,9 +175,9 @@ type BadCase = (
     &'static str,
 );
 
-#[tokio::test]
-async fn bad_bodies_are_refused_with_nothing_queued_or_committed() {
+async fn bad_bodies_are_refused_with_nothing_queued_or_committed(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .env("INGEST_MAX_DATA_BYTES", "100000")
         .start()
         .await;
@@ -229,9 +241,9 @@ async fn bad_bodies_are_refused_with_nothing_queued_or_committed() {
     assert!(committed_temp_blobs(&app).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_refusing_temporary_account_fails_over_to_another() {
+async fn a_refusing_temporary_account_fails_over_to_another(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .faults(|f| f.break_account("ingestacct1", BreakMode::ServerBusy))
         .start()
         .await;
@@ -252,6 +264,7 @@ async fn a_refusing_temporary_account_fails_over_to_another() {
         .faults()
         .break_account("ingestacct2", BreakMode::ServerBusy);
     let fresh = TestApp::builder()
+        .protocol(protocol)
         .faults(|f| {
             f.break_account("ingestacct1", BreakMode::ServerBusy);
             f.break_account("ingestacct2", BreakMode::ServerBusy);
@@ -275,10 +288,9 @@ async fn a_refusing_temporary_account_fails_over_to_another() {
     assert!(reply.headers.contains_key("retry-after"));
 }
 
-#[tokio::test]
-async fn a_client_that_disconnects_mid_body_queues_nothing() {
+async fn a_client_that_disconnects_mid_body_queues_nothing(protocol: Protocol) {
     use tokio::io::AsyncWriteExt;
-    let app = TestApp::start().await;
+    let app = TestApp::builder().protocol(protocol).start().await;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
         .await
         .expect("connect");
@@ -296,9 +308,9 @@ async fn a_client_that_disconnects_mid_body_queues_nothing() {
 }
 
 #[cfg(target_os = "linux")]
-#[tokio::test]
-async fn a_200_mb_body_streams_in_bounded_memory() {
+async fn a_200_mb_body_streams_in_bounded_memory(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .env("INGEST_MAX_DATA_BYTES", "300000000")
         .start()
         .await;
@@ -320,9 +332,8 @@ async fn a_200_mb_body_streams_in_bounded_memory() {
     );
 }
 
-#[tokio::test]
-async fn the_summary_line_names_the_accounts_that_took_the_data() {
-    let app = TestApp::start().await;
+async fn the_summary_line_names_the_accounts_that_took_the_data(protocol: Protocol) {
+    let app = TestApp::builder().protocol(protocol).start().await;
     let invocation = "0c1d2e3f-4a5b-4c6d-8e7f-901234567890";
     let reply = post_data(
         &app,

@@ -22,7 +22,6 @@ use warp::reply::Response;
 use super::reply;
 use super::state::State;
 use super::tables::{self, ErrorContext};
-use crate::sas::{self, SasWindow};
 
 /// What the emulator's v2 API looks like to a client.
 #[derive(Debug, Clone)]
@@ -206,16 +205,12 @@ fn to_value(body: tables::KustoErrorBody) -> Value {
 
 fn configuration(state: &State) -> Value {
     let config = &state.rest_v2;
-    let w = SasWindow::from_now(state.faults.sas_lifetime());
-    let containers: Vec<Value> = state
-        .layout
-        .temp_containers
-        .iter()
-        .map(|(account, container)| {
-            let key = state.storage.account_key(account).unwrap_or_default();
-            let q = sas::blob_sas(account, key, container, None, "rwdl", w);
-            json!({"path": format!("{}/{container}?{q}", state.storage.blob_endpoint(account))})
-        })
+    // The TempStorage containers `.get ingestion resources` hands out, signed now: the same
+    // accounts, so a storage fault (`Faults::break_account`) hits both protocols alike.
+    let containers: Vec<Value> = super::mgmt::resource_rows(state)
+        .into_iter()
+        .filter(|(kind, _)| kind == "TempStorage")
+        .map(|(_, url)| json!({ "path": url }))
         .collect();
     json!({
         "containerSettings": {
