@@ -8,6 +8,14 @@ use kusto_dev::BreakMode;
 use reqwest::StatusCode;
 use serde_json::json;
 
+// These run against both protocols (`name::v1`, `name::v2`); the others check v1 failures.
+both_protocols!(
+    non_allowlisted_dm_is_403_and_no_token_is_requested,
+    default_dm_named_explicitly_is_allowed,
+    token_is_requested_for_the_kusto_scope_with_the_configured_identity,
+    no_sas_signature_or_token_in_responses_or_logs,
+);
+
 /// The leak detector itself must find what it looks for.
 #[test]
 fn secret_scanner_finds_sas_signatures() {
@@ -23,9 +31,9 @@ fn secret_scanner_finds_sas_signatures() {
     assert!(sas_signatures("sig=<redacted> and nosig=abc and design=x").is_empty());
 }
 
-#[tokio::test]
-async fn non_allowlisted_dm_is_403_and_no_token_is_requested() {
+async fn non_allowlisted_dm_is_403_and_no_token_is_requested(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .env(
             "KUSTO_ALLOWED_INGEST_URIS",
             "https://ingest-other.westeurope.kusto.windows.net",
@@ -86,9 +94,8 @@ async fn non_allowlisted_dm_is_403_and_no_token_is_requested() {
     app.assert_no_secrets();
 }
 
-#[tokio::test]
-async fn default_dm_named_explicitly_is_allowed() {
-    let app = TestApp::start().await;
+async fn default_dm_named_explicitly_is_allowed(protocol: Protocol) {
+    let app = TestApp::builder().protocol(protocol).start().await;
     let uri = app.blob_uri("explicit/a.csv");
     // Same endpoint, different spelling: trailing slash, upper-case host.
     let spelled = format!("{}/", app.dm.url()).replace("http://", "HTTP://");
@@ -101,10 +108,10 @@ async fn default_dm_named_explicitly_is_allowed() {
     assert_eq!(app.drain_messages().await.len(), 2);
 }
 
-#[tokio::test]
-async fn token_is_requested_for_the_kusto_scope_with_the_configured_identity() {
+async fn token_is_requested_for_the_kusto_scope_with_the_configured_identity(protocol: Protocol) {
     let client_id = "7d9e2c1a-3b4f-4a5e-8c6d-9e0f1a2b3c4d";
     let app = TestApp::builder()
+        .protocol(protocol)
         .env("AZURE_CLIENT_ID", client_id)
         .start()
         .await;
@@ -137,9 +144,8 @@ async fn token_is_requested_for_the_kusto_scope_with_the_configured_identity() {
     app.assert_no_secrets();
 }
 
-#[tokio::test]
-async fn no_sas_signature_or_token_in_responses_or_logs() {
-    let app = TestApp::start().await;
+async fn no_sas_signature_or_token_in_responses_or_logs(protocol: Protocol) {
+    let app = TestApp::builder().protocol(protocol).start().await;
     let good = app.blob_uri("secret/good.csv");
     assert!(
         !sas_signatures(&good).is_empty(),

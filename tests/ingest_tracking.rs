@@ -11,6 +11,15 @@ use kusto_dev::BreakMode;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+// These run against both protocols (`name::v1`, `name::v2`); the others check the v1 status
+// table itself (v2 tracking is the DM's own; see also tests/ingest_v2.rs).
+both_protocols!(
+    malformed_and_foreign_operation_ids_are_refused_without_a_token,
+    status_reads_answer_503_while_the_dm_is_unavailable,
+    an_event_grid_route_can_track_its_blobs,
+    the_dm_records_what_became_of_each_tracked_blob,
+);
+
 fn bodies(app: &TestApp, prefix: &str, n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| json!({ "blobUri": app.blob_uri(&format!("{prefix}/{i}.csv")) }))
@@ -195,9 +204,8 @@ async fn five_thousand_tracked_blobs_page_through_one_get_at_a_time() {
     assert_eq!(pages, 5);
 }
 
-#[tokio::test]
-async fn malformed_and_foreign_operation_ids_are_refused_without_a_token() {
-    let app = TestApp::start().await;
+async fn malformed_and_foreign_operation_ids_are_refused_without_a_token(protocol: Protocol) {
+    let app = TestApp::builder().protocol(protocol).start().await;
     let reply = app.get("/api/ingest/operations/not-an-id").await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
     assert_eq!(reply.error_code(), "InvalidOperationId");
@@ -229,9 +237,9 @@ async fn malformed_and_foreign_operation_ids_are_refused_without_a_token() {
     );
 }
 
-#[tokio::test]
-async fn status_reads_answer_503_while_the_dm_is_unavailable() {
+async fn status_reads_answer_503_while_the_dm_is_unavailable(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .env("INGEST_REQUEST_DEADLINE_SECONDS", "5")
         .faults(|f| f.set_down(true))
         .start()
@@ -251,12 +259,12 @@ async fn status_reads_answer_503_while_the_dm_is_unavailable() {
     assert!(reply.headers.contains_key("retry-after"));
 }
 
-#[tokio::test]
-async fn an_event_grid_route_can_track_its_blobs() {
+async fn an_event_grid_route_can_track_its_blobs(protocol: Protocol) {
     use eventgrid_support::{
         Encoding, Schema, blob_created, envelope, post_blob_created, reply_logs,
     };
     let app = TestApp::builder()
+        .protocol(protocol)
         .env(
             "INGEST_ROUTES",
             r#"[{"container": "landing", "database": "db", "table": "T", "tracking": true}]"#,
@@ -300,9 +308,9 @@ async fn settled(app: &TestApp, operation: &str, seconds: u64) -> Reply {
     }
 }
 
-#[tokio::test]
-async fn the_dm_records_what_became_of_each_tracked_blob() {
+async fn the_dm_records_what_became_of_each_tracked_blob(protocol: Protocol) {
     let app = TestApp::builder()
+        .protocol(protocol)
         .emulator(|c| c.ingest = true)
         .start()
         .await;
