@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use kusto_dev::RestV2Config;
+use kusto_dev::{RestV2Config, RestV2Endpoint};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -202,6 +202,148 @@ async fn a_throttled_batch_is_retried_within_the_deadline() {
         .filter(|r| r.method == "POST" && r.status == 503)
         .count();
     assert!(attempts >= 2, "retried: {attempts}");
+}
+
+/// Statuses the emulator answered the handler's queued POSTs, in order.
+fn post_statuses(app: &TestApp) -> Vec<u16> {
+    app.dm
+        .rest_v2_requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.status)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_post_throttled_with_retry_after_is_sent_again_after_it_and_queued() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .start()
+        .await;
+    // Twice 429 with `Retry-After: 1`: without honouring it the client's own backoff would
+    // have sent the POST again within about a second in all.
+    app.dm
+        .faults()
+        .push_rest_v2_statuses(RestV2Endpoint::Queued, &[(429, Some(1)), (429, Some(1))]);
+    let uris = blobs(&app, "throttled", 2);
+    let started = Instant::now();
+    let reply = app.post_ingest(&body(&uris)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(reply.body["queued"], 2, "{}", reply.text);
+    assert_eq!(post_statuses(&app), vec![429, 429, 200]);
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "waited Retry-After before each resend: {elapsed:?}"
+    );
+    assert_eq!(
+        app.dm
+            .faults()
+            .pending_rest_v2_statuses(RestV2Endpoint::Queued),
+        0
+    );
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 2, "queued once each, not once per attempt");
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+}
+
+#[tokio::test]
+async fn throttling_past_the_deadline_fails_the_blobs_transient_with_retry_after() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .env("INGEST_REQUEST_DEADLINE_SECONDS", "3")
+        .start()
+        .await;
+    let faults = app.dm.faults();
+    faults.push_rest_v2_statuses(RestV2Endpoint::Queued, &[(429, Some(1)); 50]);
+    let uris = blobs(&app, "throttled", 2);
+    let started = Instant::now();
+    let reply = app.post_ingest(&body(&uris)).await;
+    let elapsed = started.elapsed();
+    // README "Backends": retried until the deadline; nothing queued and trying again may work:
+    // 503 with the DM's Retry-After, each blob failed as DataManagementUnavailable.
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "{:?}",
+        reply.headers
+    );
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "within the deadline: {elapsed:?}"
+    );
+    assert_eq!(reply.body["failed"], 2, "{}", reply.text);
+    for r in reply.body["blobs"].as_array().unwrap() {
+        assert_eq!(r["status"], "failed", "{r}");
+        assert_eq!(r["error"]["code"], "DataManagementUnavailable", "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("429"),
+            "{r}"
+        );
+    }
+    let attempts = post_statuses(&app);
+    assert!(
+        attempts.len() >= 2 && attempts.iter().all(|&s| s == 429),
+        "retried, never accepted: {attempts:?}"
+    );
+    assert!(app.drain_messages().await.is_empty());
+
+    // The throttling ends: the caller's retry goes through.
+    faults.clear_rest_v2_statuses(RestV2Endpoint::Queued);
+    let reply = app.post_ingest(&body(&uris)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(app.drain_messages().await.len(), 2);
+}
+
+#[tokio::test]
+async fn auto_uses_v1_when_the_configuration_cannot_be_read() {
+    // A DM that prefers v2 but whose configuration endpoint fails (5xx, not 404) for the
+    // handler's first requests: nothing is known, so v1, and the blobs are still queued.
+    let app = TestApp::builder()
+        .emulator(|c| c.rest_v2.preferred_ingestion_method = Some("V2".into()))
+        .faults(|f| f.push_rest_v2_statuses(RestV2Endpoint::Configuration, &[(503, None); 50]))
+        .start()
+        .await;
+    let uris = blobs(&app, "noconfig", 2);
+    let reply = app.post_ingest(&body(&uris)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(reply.body["queued"], 2, "{}", reply.text);
+    let configuration: Vec<u16> = app
+        .dm
+        .rest_v2_requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/configuration"))
+        .map(|r| r.status)
+        .collect();
+    assert!(
+        !configuration.is_empty() && configuration.iter().all(|&s| s == 503),
+        "{configuration:?}"
+    );
+    assert!(post_statuses(&app).is_empty(), "no v2 POST");
+    assert!(resource_calls(&app) >= 1, "v1 resources fetched");
+    let messages = app.drain_messages().await;
+    assert_eq!(messages.len(), 2);
+    let issued = app.dm.issued_authorization_contexts();
+    for uri in &uris {
+        let m = &message_for(&messages, uri).body;
+        // The handler's own v1 message, not one the emulator made from a v2 POST.
+        let context = prop(m, "authorizationContext").and_then(Value::as_str);
+        assert!(
+            context.is_some_and(|c| issued.iter().any(|i| i == c)),
+            "{m}"
+        );
+    }
 }
 
 #[tokio::test]

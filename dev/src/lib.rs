@@ -17,7 +17,7 @@ mod xml;
 pub use azurite::Azurite;
 pub use dm::{
     BreakMode, Catalog, DmEmulator, EmulatorConfig, FakeStorageCounts, Faults, IngestionOutcome,
-    IngestionStatus, RestV2Config, RestV2Request,
+    IngestionStatus, RestV2Config, RestV2Endpoint, RestV2Request,
 };
 pub use error::{Error, Result};
 pub use storage::{AzuriteHandle, DequeuedMessage, StorageAccount};

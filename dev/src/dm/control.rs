@@ -4,6 +4,7 @@
 //! * `GET  /_emulator/state`    — URLs, queues, fault state, counters
 //! * `GET  /_emulator/requests` — mgmt and token request logs
 //! * `POST /_emulator/faults`   — body: any of `{"push_statuses": [[429, 2], [503, null]],
+//!   "push_rest_v2_statuses": {"endpoint": "Queued" | "Configuration", "statuses": [[429, 1]]},
 //!   "delay_ms": 0, "down": false, "break_account": {"account": "a", "mode": "ServerBusy"},
 //!   "heal_account": "a", "sas_lifetime_secs": 2, "token_lifetime_secs": 3600,
 //!   "fail_token_endpoint": 500 (0 clears), "token_delay_ms": 0,
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use warp::http::Method;
 use warp::reply::Response;
 
-use super::faults::BreakMode;
+use super::faults::{BreakMode, RestV2Endpoint};
 use super::ingest::Catalog;
 use super::reply;
 use super::state::State;
@@ -34,11 +35,19 @@ struct BreakRequest {
     mode: BreakMode,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestV2Statuses {
+    endpoint: RestV2Endpoint,
+    statuses: Vec<(u16, Option<u64>)>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultCommand {
     reset: Option<bool>,
     push_statuses: Option<Vec<(u16, Option<u64>)>>,
+    push_rest_v2_statuses: Option<RestV2Statuses>,
     delay_ms: Option<u64>,
     down: Option<bool>,
     break_account: Option<BreakRequest>,
@@ -129,6 +138,9 @@ async fn apply(state: &Arc<State>, cmd: FaultCommand) -> Result<(), String> {
     }
     if let Some(s) = cmd.push_statuses {
         f.push_statuses(&s);
+    }
+    if let Some(v2) = cmd.push_rest_v2_statuses {
+        f.push_rest_v2_statuses(v2.endpoint, &v2.statuses);
     }
     if let Some(ms) = cmd.delay_ms {
         f.set_delay(Duration::from_millis(ms));

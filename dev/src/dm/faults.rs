@@ -34,9 +34,20 @@ pub enum BreakMode {
     ResetAfterEnqueue,
 }
 
+/// A v2 REST endpoint whose answers can be replaced by injected statuses
+/// ([`Faults::push_rest_v2_statuses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RestV2Endpoint {
+    /// `GET /v1/rest/ingestion/configuration`.
+    Configuration,
+    /// `POST /v1/rest/ingestion/queued/{db}/{table}`.
+    Queued,
+}
+
 #[derive(Debug)]
 pub(crate) struct FaultState {
     statuses: VecDeque<(u16, Option<u64>)>,
+    rest_v2_statuses: HashMap<RestV2Endpoint, VecDeque<(u16, Option<u64>)>>,
     delay: Duration,
     down: bool,
     broken: HashMap<String, BreakMode>,
@@ -87,6 +98,7 @@ impl Faults {
             inner: Arc::new(Inner {
                 state: Mutex::new(FaultState {
                     statuses: VecDeque::new(),
+                    rest_v2_statuses: HashMap::new(),
                     delay: Duration::ZERO,
                     down: false,
                     broken: HashMap::new(),
@@ -133,6 +145,41 @@ impl Faults {
 
     pub(crate) fn next_status(&self) -> Option<(u16, Option<u64>)> {
         self.state().statuses.pop_front()
+    }
+
+    /// Like [`Faults::push_statuses`] for one v2 REST endpoint: its next `statuses.len()`
+    /// authenticated requests answer these statuses (with `Retry-After: <secs>` when given) in
+    /// the Kusto error shape (429: throttled; others: a service error) and do nothing else (a
+    /// queued POST enqueues nothing). Push many to make a fault outlast a request.
+    pub fn push_rest_v2_statuses(&self, endpoint: RestV2Endpoint, statuses: &[(u16, Option<u64>)]) {
+        self.state()
+            .rest_v2_statuses
+            .entry(endpoint)
+            .or_default()
+            .extend(statuses.iter().copied());
+    }
+
+    /// Statuses injected for `endpoint` and not consumed yet.
+    pub fn pending_rest_v2_statuses(&self, endpoint: RestV2Endpoint) -> usize {
+        self.state()
+            .rest_v2_statuses
+            .get(&endpoint)
+            .map_or(0, VecDeque::len)
+    }
+
+    /// Drops the statuses still injected for `endpoint`: it answers normally again.
+    pub fn clear_rest_v2_statuses(&self, endpoint: RestV2Endpoint) {
+        self.state().rest_v2_statuses.remove(&endpoint);
+    }
+
+    pub(crate) fn next_rest_v2_status(
+        &self,
+        endpoint: RestV2Endpoint,
+    ) -> Option<(u16, Option<u64>)> {
+        self.state()
+            .rest_v2_statuses
+            .get_mut(&endpoint)
+            .and_then(VecDeque::pop_front)
     }
 
     /// Delay applied before answering every mgmt request.
@@ -230,6 +277,7 @@ impl Faults {
         let (sas, token) = self.inner.defaults;
         let mut s = self.state();
         s.statuses.clear();
+        s.rest_v2_statuses.clear();
         s.delay = Duration::ZERO;
         s.down = false;
         s.broken.clear();
@@ -280,8 +328,17 @@ impl Faults {
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let running = self.dm_running();
         let s = self.state();
+        let rest_v2: serde_json::Map<String, serde_json::Value> = s
+            .rest_v2_statuses
+            .iter()
+            .map(|(endpoint, q)| {
+                let q = q.iter().map(|(st, ra)| serde_json::json!([st, ra]));
+                (format!("{endpoint:?}"), q.collect())
+            })
+            .collect();
         serde_json::json!({
             "pending_statuses": s.statuses.iter().map(|(st, ra)| serde_json::json!([st, ra])).collect::<Vec<_>>(),
+            "pending_rest_v2_statuses": rest_v2,
             "delay_ms": s.delay.as_millis() as u64,
             "down": s.down,
             "dm_running": running,

@@ -34,7 +34,7 @@ use base64::Engine as _;
 use warp::Filter as _;
 use warp::http::{HeaderMap, Method};
 
-pub use faults::{BreakMode, Faults};
+pub use faults::{BreakMode, Faults, RestV2Endpoint};
 pub use ingest::{Catalog, FailureStatus, IngestionOutcome, IngestionStatus, Report};
 pub use rest_v2::{RestV2Config, RestV2Request};
 pub use state::{FakeStorageCounts, MgmtRequest, TokenRequest};

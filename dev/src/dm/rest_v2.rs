@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use warp::http::HeaderMap;
 use warp::reply::Response;
 
+use super::faults::RestV2Endpoint;
 use super::reply;
 use super::state::State;
 use super::tables::{self, ErrorContext};
@@ -120,6 +121,18 @@ pub(crate) enum Route {
     },
 }
 
+impl Route {
+    /// The endpoint [`super::Faults::push_rest_v2_statuses`] names this route by (status reads
+    /// have none).
+    fn endpoint(&self) -> Option<RestV2Endpoint> {
+        match self {
+            Route::Configuration => Some(RestV2Endpoint::Configuration),
+            Route::Queued { .. } => Some(RestV2Endpoint::Queued),
+            Route::Status { .. } => None,
+        }
+    }
+}
+
 pub(crate) fn route(path: &str, get: bool, post: bool) -> Option<Route> {
     if path == "/v1/rest/ingestion/configuration" {
         return get.then_some(Route::Configuration);
@@ -175,6 +188,19 @@ pub(crate) async fn handle(
     } else if let Err(reason) = state.check_bearer(authorization.as_deref()) {
         common.push(("www-authenticate", "Bearer".into()));
         (401, to_value(tables::unauthorized(&reason, &ctx)))
+    } else if let Some((status, retry_after)) = route
+        .endpoint()
+        .and_then(|endpoint| state.faults.next_rest_v2_status(endpoint))
+    {
+        if let Some(secs) = retry_after {
+            common.push(("retry-after", secs.to_string()));
+        }
+        let body = if status == 429 {
+            tables::throttled_request(&ctx)
+        } else {
+            tables::service_error(status, &ctx)
+        };
+        (status, to_value(body))
     } else {
         match route {
             Route::Configuration => (200, configuration(&state)),

@@ -239,6 +239,21 @@ pub fn throttled(command: &str, ctx: &ErrorContext<'_>) -> KustoErrorBody {
     )
 }
 
+/// 429 on a v2 REST endpoint: the throttling body of management commands (the only one the
+/// references show; none documents v2 errors, see docs/wire-facts.md), naming no command.
+pub fn throttled_request(ctx: &ErrorContext<'_>) -> KustoErrorBody {
+    body(
+        "TooManyRequests",
+        "Request was throttled.",
+        "Kusto.DataNode.Exceptions.ControlCommandThrottledException",
+        "The request was aborted due to throttling. Retrying after some backoff might succeed. \
+         Origin: 'RequestRateLimitPolicy/WorkloadGroup/default'."
+            .to_owned(),
+        false,
+        ctx,
+    )
+}
+
 /// Any other injected status (5xx, 403, ...): a transient service error body.
 pub fn service_error(status: u16, ctx: &ErrorContext<'_>) -> KustoErrorBody {
     let (code, type_, permanent) = match status {
