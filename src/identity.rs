@@ -52,3 +52,32 @@ impl Identity {
             .map_err(|e| crate::domain::scrub_secrets(&e.to_string()))
     }
 }
+
+#[cfg(test)]
+impl Identity {
+    /// An identity that hands out `token` for every scope, for unit tests against fake DMs.
+    pub(crate) fn fixed(token: &str) -> Self {
+        Self {
+            credential: Arc::new(FixedToken(token.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+#[derive(Debug)]
+struct FixedToken(String);
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl TokenCredential for FixedToken {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        Ok(azure_core::credentials::AccessToken::new(
+            self.0.clone(),
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+}

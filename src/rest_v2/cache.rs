@@ -149,3 +149,191 @@ impl ConfigCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dm::RetryPolicy;
+    use crate::rest_v2::Preferred;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const CONFIGURATION: &str = r#"{
+      "containerSettings": {"containers": [{"path": "https://acc.blob.core.windows.net/c?sig=x"}],
+        "refreshInterval": "01:00:00"},
+      "ingestionSettings": {"maxBlobsPerBatch": 20, "preferredIngestionMethod": "REST"}
+    }"#;
+
+    /// A DM whose configuration endpoint answers what the test says, after `delay`, counting
+    /// the requests it got.
+    struct FakeDm {
+        answer: Mutex<(u16, &'static str)>,
+        delay: Mutex<Duration>,
+        hits: AtomicUsize,
+    }
+
+    impl FakeDm {
+        fn answer(&self, status: u16, body: &'static str) {
+            *self.answer.lock().unwrap() = (status, body);
+        }
+        fn hits(&self) -> usize {
+            self.hits.load(Ordering::SeqCst)
+        }
+    }
+
+    async fn fake_dm(status: u16, body: &'static str) -> (Arc<FakeDm>, ConfigCache) {
+        use warp::Filter as _;
+        let dm = Arc::new(FakeDm {
+            answer: Mutex::new((status, body)),
+            delay: Mutex::new(Duration::ZERO),
+            hits: AtomicUsize::new(0),
+        });
+        let served = dm.clone();
+        let route = warp::get()
+            .and(warp::path!("v1" / "rest" / "ingestion" / "configuration"))
+            .then(move || {
+                let dm = served.clone();
+                async move {
+                    dm.hits.fetch_add(1, Ordering::SeqCst);
+                    let delay = *dm.delay.lock().unwrap();
+                    tokio::time::sleep(delay).await;
+                    let (status, body) = *dm.answer.lock().unwrap();
+                    warp::http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(body.to_owned())
+                        .unwrap()
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        let client = DmClient::new(
+            reqwest::Client::new(),
+            crate::identity::Identity::fixed("token"),
+            "scope".to_owned(),
+            // One attempt: each `get` that asks is one request the fake counts.
+            RetryPolicy {
+                attempts: 1,
+                ..RetryPolicy::default()
+            },
+        );
+        let endpoint = DmEndpoint::parse(&format!("http://127.0.0.1:{}", addr.port())).unwrap();
+        (dm, ConfigCache::new(endpoint, Arc::new(client)))
+    }
+
+    fn deadline() -> Deadline {
+        Deadline::after(Duration::from_secs(10))
+    }
+
+    fn supported(known: &Known) -> &Arc<Configuration> {
+        match known {
+            Known::Supported(c) => c,
+            Known::Absent => panic!("expected a configuration, got Absent"),
+        }
+    }
+
+    impl ConfigCache {
+        /// As if `refreshInterval` and the failure hold had passed.
+        fn expire(&self) {
+            let mut current = self.current.write().unwrap();
+            if let Some(entry) = current.as_ref() {
+                *current = Some(Arc::new(Entry {
+                    known: entry.known.clone(),
+                    refresh_at: Instant::now(),
+                }));
+            }
+            *self.last_failure.write().unwrap() = None;
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_make_one_fetch() {
+        let (dm, cache) = fake_dm(200, CONFIGURATION).await;
+        *dm.delay.lock().unwrap() = Duration::from_millis(300);
+        let gets = (0..16).map(|_| cache.get(deadline()));
+        for known in futures::future::join_all(gets).await {
+            assert_eq!(supported(&known.unwrap()).preferred, Preferred::V2);
+        }
+        assert_eq!(dm.hits(), 1);
+        // Cached until its refreshInterval.
+        cache.get(deadline()).await.unwrap();
+        assert_eq!(dm.hits(), 1);
+        // Due: asked again, once, however many ask.
+        cache.expire();
+        let gets = (0..8).map(|_| cache.get(deadline()));
+        for known in futures::future::join_all(gets).await {
+            known.unwrap();
+        }
+        assert_eq!(dm.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_refresh_serves_the_previous_configuration() {
+        let (dm, cache) = fake_dm(200, CONFIGURATION).await;
+        let first = cache.get(deadline()).await.unwrap();
+        dm.answer(
+            503,
+            r#"{"error": {"code": "ServiceUnavailable", "message": "down"}}"#,
+        );
+        cache.expire();
+        let known = cache.get(deadline()).await.unwrap();
+        assert_eq!(dm.hits(), 2, "the refresh was tried");
+        assert!(
+            Arc::ptr_eq(supported(&first), supported(&known)),
+            "the previous configuration itself"
+        );
+        // Within the failure hold the DM is not asked again, and the stale copy still serves.
+        for _ in 0..5 {
+            supported(&cache.get(deadline()).await.unwrap());
+        }
+        assert_eq!(dm.hits(), 2);
+        // An unreadable answer is a failure too.
+        dm.answer(200, "not json");
+        cache.expire();
+        supported(&cache.get(deadline()).await.unwrap());
+        assert_eq!(dm.hits(), 3);
+        // Once the DM answers again, the new configuration replaces the stale one.
+        dm.answer(200, CONFIGURATION);
+        cache.expire();
+        let fresh = cache.get(deadline()).await.unwrap();
+        assert_eq!(dm.hits(), 4);
+        assert!(!Arc::ptr_eq(supported(&first), supported(&fresh)));
+    }
+
+    #[tokio::test]
+    async fn a_cold_failure_is_an_error_held_briefly() {
+        let (dm, cache) = fake_dm(503, r#"{"error": {"code": "x", "message": "down"}}"#).await;
+        let error = cache.get(deadline()).await.unwrap_err();
+        assert!(
+            matches!(error, DmError::Server { status: 503, .. }),
+            "{error:?}"
+        );
+        // Held: the next requests get the same failure without asking.
+        cache.get(deadline()).await.unwrap_err();
+        assert_eq!(dm.hits(), 1);
+        dm.answer(200, CONFIGURATION);
+        cache.expire();
+        supported(&cache.get(deadline()).await.unwrap());
+        assert_eq!(dm.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_404_is_remembered_as_no_v2_api() {
+        let (dm, cache) = fake_dm(404, r#"{"error": {"code": "NotFound", "message": "no"}}"#).await;
+        for _ in 0..3 {
+            assert!(matches!(
+                cache.get(deadline()).await.unwrap(),
+                Known::Absent
+            ));
+        }
+        assert_eq!(dm.hits(), 1, "asked once");
+        // Asked again once the recheck is due: a cluster that gains the API is noticed.
+        let due = cache.current().unwrap().refresh_at;
+        assert!(due >= Instant::now() + ABSENT_RECHECK - Duration::from_secs(5));
+        dm.answer(200, CONFIGURATION);
+        cache.expire();
+        supported(&cache.get(deadline()).await.unwrap());
+        assert_eq!(dm.hits(), 2);
+    }
+}
