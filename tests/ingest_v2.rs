@@ -307,6 +307,33 @@ async fn throttling_past_the_deadline_fails_the_blobs_transient_with_retry_after
 }
 
 #[tokio::test]
+async fn throttling_that_outlasts_the_retries_is_answered_long_before_the_deadline() {
+    // README "Backends": at most 4 attempts, each after the DM's Retry-After; a caller with the
+    // default 60 s deadline is not held for all of it.
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .start()
+        .await;
+    app.dm
+        .faults()
+        .push_rest_v2_statuses(RestV2Endpoint::Queued, &[(429, Some(1)); 50]);
+    let started = Instant::now();
+    let reply = app.post_ingest(&body(&blobs(&app, "outlasts", 1))).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(post_statuses(&app), vec![429; 4]);
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(10),
+        "three waits of Retry-After: {elapsed:?}"
+    );
+}
+
+#[tokio::test]
 async fn auto_uses_v1_when_the_configuration_cannot_be_read() {
     // A DM that prefers v2 but whose configuration endpoint fails (5xx, not 404) for the
     // handler's first requests: nothing is known, so v1, and the blobs are still queued.
