@@ -619,7 +619,47 @@ async fn tracked_requests_and_operation_reads_match_the_description() {
         .await;
     spec.reply("get", OPERATION, &reply);
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+
+    // 404: well formed, but for a DM outside the allowlist.
+    let reply = app
+        .get(&format!(
+            "/api/ingest/operations/{}",
+            operation_id("https://ingest-elsewhere.kusto.windows.net")
+        ))
+        .await;
+    spec.reply("get", OPERATION, &reply);
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
     app.assert_no_secrets();
+
+    // 503 + Retry-After: the DM cannot be reached for the status table.
+    let down = TestApp::builder()
+        .env("INGEST_REQUEST_DEADLINE_SECONDS", "5")
+        .faults(|f| f.set_down(true))
+        .start()
+        .await;
+    let reply = down
+        .get(&format!(
+            "/api/ingest/operations/{}",
+            operation_id(&down.dm.url())
+        ))
+        .await;
+    spec.reply("get", OPERATION, &reply);
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+}
+
+/// A well-formed v1 operation id naming `dm` (and a status table the DM never handed out).
+fn operation_id(dm: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        json!({"v": 1, "dm": dm, "t": "http://127.0.0.1:1/acct/status",
+               "p": "11111111-2222-4333-8444-555555555555"})
+        .to_string(),
+    )
 }
 
 #[tokio::test]
