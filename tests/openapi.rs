@@ -640,7 +640,7 @@ async fn tracked_requests_and_operation_reads_match_the_description() {
     let reply = down
         .get(&format!(
             "/api/ingest/operations/{}",
-            operation_id(&down.dm.url())
+            operation_id(down.dm.url())
         ))
         .await;
     spec.reply("get", OPERATION, &reply);
