@@ -9,6 +9,7 @@ use crate::request_log as summary;
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,29 +46,29 @@ pub(crate) fn routes<B: Backend>(
              invocation: Option<String>,
              length: Option<u64>,
              body| {
-                let span = summary::span("ingest", invocation.as_deref());
-                summary::collecting_accounts(async move {
-                    let started = Instant::now();
-                    let deadline = Deadline::after(services.request_deadline);
-                    let Some(_in_flight) = services.admit() else {
-                        return logged(ApiError::Busy.into(), started);
-                    };
-                    let reply = match read_limited(body, length, services.max_body_bytes).await {
-                        Ok(body) => {
-                            let request = Incoming { body, principal };
-                            services
-                                .ingest_api
-                                .handle(&services.backend, request, deadline)
-                                .await
+                let budget = services.request_deadline;
+                answer(
+                    services,
+                    "ingest",
+                    invocation,
+                    budget,
+                    move |services, deadline| async move {
+                        match read_limited(body, length, services.max_body_bytes).await {
+                            Ok(body) => {
+                                let request = Incoming { body, principal };
+                                services
+                                    .ingest_api
+                                    .handle(&services.backend, request, deadline)
+                                    .await
+                            }
+                            Err(error) => error.into(),
                         }
-                        Err(error) => error.into(),
-                    };
-                    logged(reply, started)
-                })
-                .instrument(span)
+                    },
+                )
             },
         );
 
+    // A busy handler answers 503 like the other routes: Event Grid redelivers a failed invocation.
     let blob_created = warp::post()
         .and(warp::path!("BlobCreated"))
         .and(with_services.clone())
@@ -75,29 +76,37 @@ pub(crate) fn routes<B: Backend>(
         .and(body)
         .then(
             |services: Arc<Services<B>>, invocation: Option<String>, length: Option<u64>, body| {
-                let span = summary::span("BlobCreated", invocation.as_deref());
-                summary::collecting_accounts(async move {
-                    let started = Instant::now();
-                    let deadline = Deadline::after(services.event_deadline);
-                    let Some(_in_flight) = services.admit() else {
-                        // Event Grid redelivers a failed invocation.
-                        return logged(ApiError::Busy.into(), started);
-                    };
-                    let reply = match read_limited(body, length, services.max_body_bytes).await {
-                        Ok(bytes) => {
-                            services
-                                .trigger
-                                .handle(&services.backend, &services.blob_store, &bytes, deadline)
-                                .await
+                let budget = services.event_deadline;
+                answer(
+                    services,
+                    "BlobCreated",
+                    invocation,
+                    budget,
+                    move |services, deadline| async move {
+                        let reply = match read_limited(body, length, services.max_body_bytes).await
+                        {
+                            Ok(bytes) => {
+                                services
+                                    .trigger
+                                    .handle(
+                                        &services.backend,
+                                        &services.blob_store,
+                                        &bytes,
+                                        deadline,
+                                    )
+                                    .await
+                            }
+                            // Redelivering an oversized event would fail the same way forever:
+                            // acknowledge it.
+                            Err(error) => crate::eventgrid::rejected(&error.headline().message),
+                        };
+                        Reply {
+                            status: reply.status,
+                            retry_after: None,
+                            body: reply.body.to_string(),
                         }
-                        // Redelivering an oversized event would fail the same way forever:
-                        // acknowledge it.
-                        Err(error) => crate::eventgrid::rejected(&error.headline().message),
-                    };
-                    summary::done(reply.status, started);
-                    json_response(reply.status, None, reply.body.to_string())
-                })
-                .instrument(span)
+                    },
+                )
             },
         );
 
@@ -121,30 +130,29 @@ pub(crate) fn routes<B: Backend>(
              services: Arc<Services<B>>,
              content_length: Option<u64>,
              body| {
-                let span = summary::span("data", invocation.as_deref());
-                summary::collecting_accounts(async move {
-                    let started = Instant::now();
-                    let deadline = Deadline::after(services.data_deadline);
-                    let Some(_in_flight) = services.admit() else {
-                        return logged(ApiError::Busy.into(), started);
-                    };
-                    let request = DataRequest {
-                        database,
-                        table,
-                        query,
-                        content_type,
-                        content_encoding,
-                        content_length,
-                        principal,
-                        body: Box::pin(body),
-                    };
-                    let reply = services
-                        .data_api
-                        .handle(&services.backend, request, deadline)
-                        .await;
-                    logged(reply, started)
-                })
-                .instrument(span)
+                let budget = services.data_deadline;
+                answer(
+                    services,
+                    "data",
+                    invocation,
+                    budget,
+                    move |services, deadline| async move {
+                        let request = DataRequest {
+                            database,
+                            table,
+                            query,
+                            content_type,
+                            content_encoding,
+                            content_length,
+                            principal,
+                            body: Box::pin(body),
+                        };
+                        services
+                            .data_api
+                            .handle(&services.backend, request, deadline)
+                            .await
+                    },
+                )
             },
         );
 
@@ -155,19 +163,17 @@ pub(crate) fn routes<B: Backend>(
         .and(with_services)
         .then(
             |id: String, query: String, invocation: Option<String>, services: Arc<Services<B>>| {
-                let span = summary::span("operation", invocation.as_deref());
-                summary::collecting_accounts(async move {
-                    let started = Instant::now();
-                    let deadline = Deadline::after(services.request_deadline);
-                    let Some(_in_flight) = services.admit() else {
-                        return logged(ApiError::Busy.into(), started);
-                    };
-                    let reply =
+                let budget = services.request_deadline;
+                answer(
+                    services,
+                    "operation",
+                    invocation,
+                    budget,
+                    move |services, deadline| async move {
                         operations::handle(&services.backend, &services.dms, &id, &query, deadline)
-                            .await;
-                    logged(reply, started)
-                })
-                .instrument(span)
+                            .await
+                    },
+                )
             },
         );
 
@@ -262,9 +268,33 @@ where
     Ok(collected.freeze())
 }
 
-/// The response, after the request's summary line.
-fn logged(reply: Reply, started: Instant) -> Response<String> {
-    summary::done(reply.status, started);
+/// What every route does around its own `work`: the request's summary span and account
+/// collector, its deadline (`budget` from now), a slot among the requests in flight (503
+/// `ServerBusy` without one), and the summary line once the reply is known.
+async fn answer<B, W, F>(
+    services: Arc<Services<B>>,
+    route: &'static str,
+    invocation: Option<String>,
+    budget: Duration,
+    work: W,
+) -> Response<String>
+where
+    W: FnOnce(Arc<Services<B>>, Deadline) -> F,
+    F: Future<Output = Reply>,
+{
+    let span = summary::span(route, invocation.as_deref());
+    let reply = summary::collecting_accounts(async move {
+        let started = Instant::now();
+        let deadline = Deadline::after(budget);
+        let reply = match services.admit() {
+            Some(_in_flight) => work(services.clone(), deadline).await,
+            None => ApiError::Busy.into(),
+        };
+        summary::done(reply.status, started);
+        reply
+    })
+    .instrument(span)
+    .await;
     to_response(reply)
 }
 
