@@ -222,3 +222,45 @@ async fn injected_failures_hit_only_posts_naming_the_blob() {
     assert_eq!(status, 200);
     assert_eq!(emu.receive_ingestion_messages().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_slow_down_or_oversized_dm_is_so_for_the_v2_endpoints_too() {
+    let emu = emulator(|_| {}).await;
+    let faults = emu.faults();
+
+    faults.set_delay(Duration::from_millis(600));
+    let started = Instant::now();
+    let (status, _) = get(&emu, "/v1/rest/ingestion/configuration").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    faults.set_delay(Duration::ZERO);
+
+    faults.set_down(true);
+    let (status, v) = get(&emu, "/v1/rest/ingestion/configuration").await;
+    assert_eq!(status, 503);
+    serde_json::from_value::<KustoErrorBody>(v).expect("Kusto error shape");
+    let (status, _) = post(
+        &emu,
+        "/v1/rest/ingestion/queued/db/T",
+        json!({"blobs": [{"url": "https://a/b"}], "properties": {"format": "csv"}}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    faults.set_down(false);
+
+    // Padded to at least 1 MiB, streamed, and still the same configuration to a JSON reader.
+    faults.set_oversized_answers(Some(1024 * 1024));
+    let rsp = reqwest::Client::new()
+        .get(format!("{}/v1/rest/ingestion/configuration", emu.url()))
+        .bearer_auth(emu.issue_token(KUSTO))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert!(rsp.content_length().is_none(), "streamed");
+    let body = rsp.bytes().await.unwrap();
+    assert!(body.len() >= 1024 * 1024, "{} bytes", body.len());
+    let v: Value = serde_json::from_slice(&body).expect("still JSON");
+    assert_eq!(v["ingestionSettings"]["maxBlobsPerBatch"], 20);
+    assert!(v["containerSettings"]["containers"].is_array());
+}

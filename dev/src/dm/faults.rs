@@ -132,8 +132,10 @@ impl Faults {
         lock(&self.inner.dm).take();
     }
 
-    /// The next `statuses.len()` authenticated mgmt requests answer these statuses
-    /// (with `Retry-After: <secs>` when given) instead of the real answer.
+    /// The next `statuses.len()` authenticated mgmt requests (`POST /v1/rest/mgmt`, the v1
+    /// commands) answer these statuses (with `Retry-After: <secs>` when given) instead of the real
+    /// answer. v2 endpoints are not affected: [`Faults::push_rest_v2_statuses`] names one, so a
+    /// test says which call of which protocol fails.
     pub fn push_statuses(&self, statuses: &[(u16, Option<u64>)]) {
         self.state().statuses.extend(statuses.iter().copied());
     }
@@ -182,7 +184,7 @@ impl Faults {
             .and_then(VecDeque::pop_front)
     }
 
-    /// Delay applied before answering every mgmt request.
+    /// Delay applied before answering every mgmt request and every v2 REST request.
     pub fn set_delay(&self, delay: Duration) {
         self.state().delay = delay;
     }
@@ -191,7 +193,8 @@ impl Faults {
         self.state().delay
     }
 
-    /// While down, every mgmt request gets 503 (no auth check, nothing counted).
+    /// While down, every mgmt and v2 REST request gets 503 (no auth check; mgmt requests are not
+    /// counted, v2 requests are logged with their 503).
     pub fn set_down(&self, down: bool) {
         self.state().down = down;
     }
@@ -250,10 +253,11 @@ impl Faults {
         self.state().token_delay
     }
 
-    /// `Some(bytes)`: `.get ingestion resources` answers 200 with the usual v1 table padded
-    /// to at least `bytes` bytes by rows of resource type
-    /// [`crate::dm::tables::PADDING_RESOURCE_TYPE`] (which clients ignore), streamed
-    /// chunked without `Content-Length`. `None` restores normal answers.
+    /// `Some(bytes)`: the answers that hand out resources are padded to at least `bytes` bytes,
+    /// streamed chunked without `Content-Length`: `.get ingestion resources` (v1) with rows of
+    /// resource type [`crate::dm::tables::PADDING_RESOURCE_TYPE`], the v2 configuration GET with
+    /// a `kustoDevPadding` string member (both ignored by clients that read that far). `None`
+    /// restores normal answers.
     pub fn set_oversized_answers(&self, bytes: Option<usize>) {
         self.state().oversized_answers = bytes;
     }

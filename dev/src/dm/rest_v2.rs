@@ -36,6 +36,10 @@ pub struct RestV2Config {
     pub max_blobs_per_batch: usize,
     /// `containerSettings.refreshInterval`.
     pub refresh_interval: Duration,
+    /// `ingestionSettings.maxDataSize` in bytes (the docs' example: 6 GiB, the queued-ingestion
+    /// size limit). Only announced: the emulator does not know what the real DM does with a
+    /// larger blob.
+    pub max_data_size: u64,
 }
 
 impl Default for RestV2Config {
@@ -47,6 +51,7 @@ impl Default for RestV2Config {
             preferred_ingestion_method: Some("V1".into()),
             max_blobs_per_batch: 20,
             refresh_interval: Duration::from_secs(3600),
+            max_data_size: MAX_DATA_SIZE,
         }
     }
 }
@@ -59,6 +64,8 @@ pub struct RestV2Request {
     pub status: u16,
     /// Blobs in a queued POST's body (0 for other calls or unreadable bodies).
     pub blobs: usize,
+    /// When the answer was ready (after any injected delay).
+    pub at: std::time::Instant,
 }
 
 /// A tracked v2 operation, kept in memory (the real DM keeps its own records).
@@ -80,7 +87,7 @@ pub(crate) struct V2State {
     pub poisoned: Vec<(String, u16)>,
 }
 
-/// Maximum `maxDataSize` of the docs' example (6 GiB), the queued-ingestion size limit.
+/// `maxDataSize` of the docs' example (6 GiB), the queued-ingestion size limit.
 const MAX_DATA_SIZE: u64 = 6_442_450_944;
 
 fn now() -> String {
@@ -182,6 +189,12 @@ pub(crate) async fn handle(
         .get("authorization")
         .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string());
 
+    // The same order as `POST /v1/rest/mgmt`: a slow or down DM is so for every endpoint.
+    let delay = state.faults.delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let is_configuration = matches!(route, Route::Configuration);
     let mut blobs = 0;
     let (status, value) = if state.faults.is_down() {
         (503, to_value(tables::service_error(503, &ctx)))
@@ -221,8 +234,36 @@ pub(crate) async fn handle(
         path: path.to_string(),
         status,
         blobs,
+        at: std::time::Instant::now(),
     });
-    reply::json(status, &value, &common)
+    match state.faults.oversized_answers() {
+        Some(min_bytes) if is_configuration && status == 200 => padded(&value, min_bytes, &common),
+        _ => reply::json(status, &value, &common),
+    }
+}
+
+/// Characters of one padding chunk of an oversized configuration.
+const PADDING_FILL: usize = 16 * 1024;
+
+/// `value` (a JSON object) with a leading `"kustoDevPadding"` string member that makes the body at
+/// least `min_bytes` long, streamed chunked without `Content-Length` (as the oversized
+/// `.get ingestion resources` is): a client that ignores unknown members reads the same
+/// configuration, if it reads that much.
+fn padded(value: &Value, min_bytes: usize, headers: &[(&str, String)]) -> Response {
+    let json = value.to_string();
+    let Some(members) = json.strip_prefix('{') else {
+        return reply::json(200, value, headers);
+    };
+    let separator = if members == "}" { "" } else { "," };
+    let fill = Bytes::from("x".repeat(PADDING_FILL));
+    let chunks = min_bytes.saturating_sub(json.len()).div_ceil(PADDING_FILL);
+    let body = std::iter::once(Bytes::from_static(b"{\"kustoDevPadding\":\""))
+        .chain(std::iter::repeat_n(fill, chunks))
+        .chain(std::iter::once(Bytes::from(format!(
+            "\"{separator}{members}"
+        ))))
+        .map(Ok);
+    reply::stream(200, reply::JSON, futures::stream::iter(body), headers)
 }
 
 fn to_value(body: tables::KustoErrorBody) -> Value {
@@ -247,7 +288,7 @@ fn configuration(state: &State) -> Value {
         },
         "ingestionSettings": {
             "maxBlobsPerBatch": config.max_blobs_per_batch,
-            "maxDataSize": MAX_DATA_SIZE,
+            "maxDataSize": config.max_data_size,
             "preferredIngestionMethod": config.preferred_ingestion_method,
         },
     })
