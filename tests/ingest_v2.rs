@@ -373,6 +373,73 @@ async fn auto_uses_v1_when_the_configuration_cannot_be_read() {
     }
 }
 
+/// Statuses of the configuration GETs the DM answered, in order.
+fn configuration_statuses(app: &TestApp) -> Vec<u16> {
+    app.dm
+        .rest_v2_requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/configuration"))
+        .map(|r| r.status)
+        .collect()
+}
+
+#[tokio::test]
+async fn auto_keeps_v2_while_a_configuration_refresh_fails() {
+    // The DM prefers v2 and asks to be asked again after 30 s, the shortest refresh the handler
+    // takes (src/rest_v2/configuration.rs): this test waits that long once.
+    let app = TestApp::builder()
+        .emulator(|c| {
+            c.rest_v2.preferred_ingestion_method = Some("V2".into());
+            c.rest_v2.refresh_interval = Duration::from_secs(30);
+        })
+        .start()
+        .await;
+    let reply = app.post_ingest(&body(&blobs(&app, "fresh", 1))).await;
+    let first_read = Instant::now();
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(queued_posts(&app), vec![1]);
+
+    // The refresh that falls due fails on every attempt: the configuration once read still says
+    // v2, so the blobs go on being posted, not queued through v1.
+    let faults = app.dm.faults();
+    faults.push_rest_v2_statuses(RestV2Endpoint::Configuration, &[(503, None); 200]);
+    tokio::time::sleep(Duration::from_secs(31).saturating_sub(first_read.elapsed())).await;
+    let uris = blobs(&app, "stale", 2);
+    let reply = app.post_ingest(&body(&uris)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let statuses = configuration_statuses(&app);
+    assert!(
+        statuses.len() > 1 && statuses[1..].iter().all(|&s| s == 503),
+        "a refresh was tried and failed: {statuses:?}"
+    );
+    assert_eq!(queued_posts(&app), vec![1, 2], "posted through v2");
+    assert_eq!(resource_calls(&app), 0, "never fell back to v1");
+    let messages = app.drain_messages().await;
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+
+    // The DM heals: once the failure hold is over, the next request refreshes the configuration
+    // and still posts through v2.
+    faults.clear_rest_v2_statuses(RestV2Endpoint::Configuration);
+    let healed = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let reply = app.post_ingest(&body(&blobs(&app, "healed", 1))).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+        if configuration_statuses(&app).last() == Some(&200) {
+            break;
+        }
+        assert!(
+            Instant::now() < healed,
+            "no successful refresh 20 s after the DM healed: {:?}",
+            configuration_statuses(&app)
+        );
+    }
+    assert_eq!(resource_calls(&app), 0, "never fell back to v1");
+    assert!(queued_posts(&app).len() >= 3);
+}
+
 #[tokio::test]
 async fn v2_tracking_reads_back_through_the_operations_route() {
     let app = TestApp::builder()

@@ -87,7 +87,20 @@ impl RestV2Backend {
             .configuration
             .get(deadline)
             .await
-            .map_err(|e| dm_failure(&e))
+            .map_err(|e| {
+                // As v1 says when its resources do not come in time: the caller's own deadline
+                // ended the wait, whatever the DM was doing meanwhile.
+                if deadline.expired() && e.is_transient() {
+                    BlobFailure::new(
+                        FailureCode::DeadlineExceeded,
+                        format!(
+                            "the DM at {dm} did not provide its ingestion configuration before the request's deadline"
+                        ),
+                    )
+                } else {
+                    dm_failure(&e)
+                }
+            })
     }
 
     /// The configuration of a DM that has the v2 API; a clear failure for one that has not.
