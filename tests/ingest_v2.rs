@@ -532,6 +532,126 @@ async fn data_bodies_go_to_the_configurations_containers() {
     assert_eq!(resource_calls(&app), 0);
 }
 
+/// `maxDataSize` of the emulator's configuration in the tests below.
+const SMALL_MAX_DATA_SIZE: u64 = 1000;
+
+#[tokio::test]
+async fn a_blob_larger_than_max_data_size_fails_permanent_and_is_not_posted() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.rest_v2.max_data_size = SMALL_MAX_DATA_SIZE)
+        .start()
+        .await;
+    let uris = blobs(&app, "sizes", 3);
+    let mixed = request(vec![
+        json!({"blobUri": uris[0], "rawDataSize": 5000}),
+        json!({"blobUri": uris[1], "rawDataSize": SMALL_MAX_DATA_SIZE}),
+        json!({"blobUri": uris[2]}),
+    ]);
+    let reply = app.post_ingest(&mixed).await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.text);
+    let results = reply.body["blobs"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "failed", "{}", reply.text);
+    assert_eq!(results[0]["error"]["code"], "DataTooLarge");
+    let message = results[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1000") && message.contains("maxDataSize"),
+        "names the limit: {message}"
+    );
+    // At the limit, or of unknown size: sent.
+    assert_eq!(results[1]["status"], "queued");
+    assert_eq!(results[2]["status"], "queued");
+    assert_eq!(
+        queued_posts(&app),
+        vec![2],
+        "the large blob was never posted"
+    );
+
+    // Only too large blobs: permanent, so 400 and no Retry-After.
+    let reply = app
+        .post_ingest(&request(vec![
+            json!({"blobUri": app.blob_uri("big.csv"), "rawDataSize": 5000}),
+        ]))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    assert!(!reply.headers.contains_key("retry-after"));
+    assert_eq!(reply.body["blobs"][0]["error"]["code"], "DataTooLarge");
+    assert_eq!(queued_posts(&app), vec![2]);
+    // `ignoreSizeLimit` leaves the judgement to the DM (and is passed on to it).
+    let reply = app
+        .post_ingest(&json!({"database": "testdb", "table": "events",
+            "additionalProperties": {"ignoreSizeLimit": true},
+            "blobs": [{"blobUri": app.blob_uri("big.csv"), "rawDataSize": 5000}]}))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(queued_posts(&app), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_data_body_larger_than_max_data_size_is_413_and_nothing_is_queued() {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.rest_v2.max_data_size = SMALL_MAX_DATA_SIZE)
+        .start()
+        .await;
+    let rows: String = (0..500).map(|i| format!("{i},name{i}\n")).collect();
+    assert!(rows.len() as u64 > SMALL_MAX_DATA_SIZE);
+    let mut gzipped = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzipped, rows.as_bytes()).unwrap();
+    let gzipped = gzipped.finish().unwrap();
+    // Plain, and gzip-compressed (smaller than the limit as sent, larger uncompressed).
+    for (body, encoding) in [(rows.clone().into_bytes(), None), (gzipped, Some("gzip"))] {
+        let mut post = reqwest::Client::new()
+            .post(format!(
+                "{}/api/ingest/testdb/events?format=csv",
+                app.address
+            ))
+            .header("x-functions-key", FUNCTION_KEY)
+            .header("content-type", "text/csv");
+        if let Some(encoding) = encoding {
+            post = post.header("content-encoding", encoding);
+        }
+        let reply = post.body(body).send().await.unwrap();
+        let status = reply.status();
+        let body: Value = reply.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{encoding:?}: {body}"
+        );
+        assert_eq!(body["error"]["code"], "DataTooLarge", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("1000") && message.contains("maxDataSize"),
+            "{message}"
+        );
+    }
+    assert!(queued_posts(&app).is_empty(), "nothing posted");
+    for (account, container) in app.dm.temp_containers() {
+        let committed = app
+            .azurite
+            .list_blobs(&account, &container)
+            .await
+            .expect("list a temporary container");
+        assert!(committed.is_empty(), "left behind: {committed:?}");
+    }
+
+    // Within the limit, the same route queues.
+    let reply = reqwest::Client::new()
+        .post(format!(
+            "{}/api/ingest/testdb/events?format=csv",
+            app.address
+        ))
+        .header("x-functions-key", FUNCTION_KEY)
+        .header("content-type", "text/csv")
+        .body("1,a\n2,b\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::ACCEPTED);
+    assert_eq!(queued_posts(&app), vec![1]);
+}
+
 #[test]
 fn a_bad_method_stops_start_up_naming_the_setting() {
     let (status, output) = run_to_exit(&[

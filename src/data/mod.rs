@@ -17,6 +17,10 @@ pub(crate) enum DataError {
     Empty,
     #[error("the request body is larger than {max} bytes (setting INGEST_MAX_DATA_BYTES)")]
     TooLarge { max: u64 },
+    #[error(
+        "the data is larger than {max} bytes uncompressed, the most the DM accepts for one ingestion (maxDataSize of its ingestion configuration)"
+    )]
+    OverDmLimit { max: u64 },
     #[error("the request body is not a complete gzip stream (Content-Encoding: gzip): {0}")]
     BadGzip(String),
     #[error("the request body stopped arriving: {0}")]

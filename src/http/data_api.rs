@@ -300,6 +300,7 @@ impl DataApi {
 fn data_error(error: DataError) -> Reply {
     match error {
         DataError::TooLarge { max } => ApiError::DataTooLarge { max }.into(),
+        DataError::OverDmLimit { max } => ApiError::DataOverDmLimit { max }.into(),
         DataError::Empty => ApiError::InvalidData("EmptyBody", error.to_string()).into(),
         DataError::BadGzip(_) => ApiError::InvalidData("InvalidGzip", error.to_string()).into(),
         DataError::Interrupted(_) => {

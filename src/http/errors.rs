@@ -62,6 +62,10 @@ pub(crate) enum ApiError {
     DataTooLarge {
         max: u64,
     },
+    /// A data body over what the DM accepts for one ingestion (REST v2 `maxDataSize`).
+    DataOverDmLimit {
+        max: u64,
+    },
     /// A data body that cannot be ingested: its code and why.
     InvalidData(&'static str, String),
     /// As many requests as allowed are in flight already.
@@ -76,7 +80,7 @@ impl ApiError {
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::BodyTimeout(_) => 408,
-            ApiError::DataTooLarge { .. } => 413,
+            ApiError::DataTooLarge { .. } | ApiError::DataOverDmLimit { .. } => 413,
             ApiError::InvalidData(..) => 400,
             ApiError::Busy => 503,
             ApiError::TooManyBlobs { .. } | ApiError::BodyTooLarge { .. } => 413,
@@ -150,6 +154,13 @@ impl ApiError {
             ApiError::DataTooLarge { max } => ErrorDetail::new(
                 "BodyTooLarge",
                 format!("The data is larger than {max} bytes (setting INGEST_MAX_DATA_BYTES)."),
+                None,
+            ),
+            ApiError::DataOverDmLimit { max } => ErrorDetail::new(
+                "DataTooLarge",
+                format!(
+                    "The data is larger than {max} bytes uncompressed, the most the DM accepts for one ingestion (maxDataSize of its ingestion configuration); nothing was queued."
+                ),
                 None,
             ),
             ApiError::InvalidData(code, message) => ErrorDetail::new(code, message.clone(), None),

@@ -38,6 +38,9 @@ pub(crate) enum FailureCode {
     TrackingUnavailable,
     /// A data body could not be stored in the DM's temporary storage.
     UploadUnavailable,
+    /// The blob is larger (uncompressed) than the DM accepts for one ingestion (the `maxDataSize`
+    /// of its REST v2 configuration); it was not sent.
+    DataTooLarge,
     /// A queued-ingestion POST (REST v2) went out but its answer was lost: the DM may have
     /// queued the blob. Never reported as a failure.
     IngestionOutcomeUnknown,
@@ -59,6 +62,7 @@ impl FailureCode {
             FailureCode::TrackingUnavailable => "TrackingUnavailable",
             FailureCode::UploadUnavailable => "UploadUnavailable",
             FailureCode::IngestionOutcomeUnknown => "IngestionOutcomeUnknown",
+            FailureCode::DataTooLarge => "DataTooLarge",
         }
     }
 
@@ -77,7 +81,8 @@ impl FailureCode {
             FailureCode::DataManagementUnauthorized
             | FailureCode::DataManagementRejected
             | FailureCode::MessageTooLarge
-            | FailureCode::MessageRejected => false,
+            | FailureCode::MessageRejected
+            | FailureCode::DataTooLarge => false,
         }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Configuration {
     /// When to ask again.
     pub(crate) refresh: Duration,
     pub(crate) max_blobs_per_batch: usize,
+    /// The most uncompressed bytes one blob of a queued ingestion may hold, when the DM says.
+    pub(crate) max_data_size: Option<u64>,
     pub(crate) preferred: Preferred,
 }
 
@@ -62,6 +64,9 @@ struct Container {
 struct IngestionSettings {
     #[serde(default)]
     max_blobs_per_batch: Option<i64>,
+    /// A number the docs call a `long`; a float or a negative one is ignored, not fatal.
+    #[serde(default)]
+    max_data_size: Option<serde_json::Value>,
     #[serde(default)]
     preferred_ingestion_method: Option<String>,
 }
@@ -122,10 +127,15 @@ impl Configuration {
             .filter(|n| *n > 0)
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(DEFAULT_MAX_BLOBS_PER_BATCH);
+        let max_data_size = settings
+            .and_then(|s| s.max_data_size.as_ref())
+            .and_then(serde_json::Value::as_u64)
+            .filter(|n| *n > 0);
         Ok(Self {
             containers,
             refresh,
             max_blobs_per_batch,
+            max_data_size,
             preferred: preferred(settings.and_then(|s| s.preferred_ingestion_method.as_deref())),
         })
     }
@@ -155,6 +165,7 @@ mod tests {
         assert_eq!(c.containers[0].account, "mystorageaccount");
         assert_eq!(c.refresh, Duration::from_secs(3600));
         assert_eq!(c.max_blobs_per_batch, 20);
+        assert_eq!(c.max_data_size, Some(6_442_450_944));
         assert_eq!(c.preferred, Preferred::V2);
     }
 
@@ -179,6 +190,12 @@ mod tests {
         assert_eq!(c.max_blobs_per_batch, DEFAULT_MAX_BLOBS_PER_BATCH);
         assert_eq!(c.preferred, Preferred::V1);
         assert_eq!(c.refresh, MAX_REFRESH);
+        assert_eq!(c.max_data_size, None);
+        for odd in ["0", "-1", "1.5", "\"big\"", "null"] {
+            let body = format!(r#"{{"ingestionSettings": {{"maxDataSize": {odd}}}}}"#);
+            let c = Configuration::parse(body.as_bytes()).unwrap();
+            assert_eq!(c.max_data_size, None, "{odd}");
+        }
         assert!(Configuration::parse(b"not json").is_err());
         let bad = br#"{"containerSettings": {"containers": [{"path": "http://evil.example.com/c?sig=x"}]}}"#;
         assert!(Configuration::parse(bad).is_err());

@@ -13,7 +13,7 @@ mod status;
 pub(crate) use cache::Known;
 pub(crate) use configuration::Preferred;
 
-use crate::data::DataSource;
+use crate::data::{DataError, DataSource};
 use crate::dm::{Call, DmClient, DmError};
 use crate::domain::{AllowedDms, BlobUri, DmEndpoint};
 use crate::ingest::{
@@ -128,15 +128,12 @@ impl Backend for RestV2Backend {
             dm, jobs, deadline, ..
         } = batch;
         let config = self.configuration(dm, deadline).await?;
-        let posted = poster::post_all(
-            &self.client,
-            dm,
-            jobs,
-            config.max_blobs_per_batch,
-            self.per_request,
-            deadline,
-        )
-        .await;
+        let limits = poster::Limits {
+            max_blobs: config.max_blobs_per_batch,
+            max_data_size: config.max_data_size,
+            concurrency: self.per_request,
+        };
+        let posted = poster::post_all(&self.client, dm, jobs, &limits, deadline).await;
         let operation = (!posted.operations.is_empty()).then(|| OperationId {
             dm: dm.clone(),
             tracked: Tracked::RestV2(posted.operations),
@@ -159,6 +156,14 @@ impl Backend for RestV2Backend {
             .await
             .map_err(UploadError::Storage)?;
         let ranking = &self.dm(dm).map_err(UploadError::Storage)?.ranking;
+        let mut limited;
+        let data: &mut dyn DataSource = match config.max_data_size {
+            Some(max) => {
+                limited = WithinDmLimit { inner: data, max };
+                &mut limited
+            }
+            None => data,
+        };
         crate::queued::upload_data(
             &config.containers,
             ranking,
@@ -252,6 +257,33 @@ impl Backend for RestV2Backend {
         all.continuation = (end < all.blobs.len()).then(|| end.to_string());
         all.blobs = all.blobs.drain(start..end).collect();
         Ok(all)
+    }
+}
+
+/// A data body refused as soon as more of it has arrived (uncompressed) than the DM's
+/// `maxDataSize`: before its blob is committed, so nothing is queued and nothing is left behind.
+struct WithinDmLimit<'a> {
+    inner: &'a mut dyn DataSource,
+    max: u64,
+}
+
+impl DataSource for WithinDmLimit<'_> {
+    fn next_chunk(
+        &mut self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<bytes::Bytes>, DataError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            let chunk = self.inner.next_chunk().await?;
+            if self.inner.raw_size() > self.max {
+                return Err(DataError::OverDmLimit { max: self.max });
+            }
+            Ok(chunk)
+        })
+    }
+
+    fn raw_size(&self) -> u64 {
+        self.inner.raw_size()
     }
 }
 

@@ -19,16 +19,39 @@ use std::sync::Arc;
 /// 800 tracked blobs per request.
 pub(crate) const MAX_TRACKED_OPERATIONS: usize = 40;
 
+/// What one request may send: blobs per POST, the DM's largest blob, POSTs in flight.
+pub(super) struct Limits {
+    pub(super) max_blobs: usize,
+    pub(super) max_data_size: Option<u64>,
+    pub(super) concurrency: usize,
+}
+
+/// Why `job` is not sent at all: its known uncompressed size is over the DM's `maxDataSize`
+/// (unless its properties say `ignoreSizeLimit`, which is passed on for the DM to judge).
+fn too_large(job: &BlobJob, max_data_size: Option<u64>) -> Option<BlobFailure> {
+    let (size, max) = (job.raw_data_size?, max_data_size?);
+    (size > max && !job.spec.ignore_size_limit).then(|| {
+        BlobFailure::new(
+            FailureCode::DataTooLarge,
+            format!(
+                "the blob's rawDataSize ({size} bytes) is over the {max} bytes the DM accepts for one ingestion \
+                 (maxDataSize of its ingestion configuration); split it, or set ignoreSizeLimit to leave it to the DM"
+            ),
+        )
+    })
+}
+
 /// One POST: indices into the batch's jobs, all with one target and one spec.
 struct Post {
     indices: Vec<usize>,
     track: bool,
 }
 
-/// Groups `jobs` (in order) into POSTs of at most `max_blobs` blobs.
-fn plan(jobs: &[BlobJob], max_blobs: usize) -> Vec<Post> {
+/// Groups `jobs` (in order) into POSTs of at most `max_blobs` blobs, leaving out those `send`
+/// refuses.
+fn plan(jobs: &[BlobJob], max_blobs: usize, send: impl Fn(usize) -> bool) -> Vec<Post> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
+    for (i, job) in jobs.iter().enumerate().filter(|(i, _)| send(*i)) {
         let same = |g: &Vec<usize>| {
             let first = &jobs[g[0]];
             first.database == job.database
@@ -72,11 +95,19 @@ pub(super) async fn post_all(
     client: &DmClient,
     dm: &DmEndpoint,
     jobs: &[BlobJob],
-    max_blobs: usize,
-    concurrency: usize,
+    limits: &Limits,
     deadline: Deadline,
 ) -> Posted {
-    let posts = plan(jobs, max_blobs);
+    let mut outcomes = vec![BlobOutcome::Queued; jobs.len()];
+    for (outcome, job) in outcomes.iter_mut().zip(jobs) {
+        if let Some(failure) = too_large(job, limits.max_data_size) {
+            *outcome = BlobOutcome::Failed(failure);
+        }
+    }
+    let max_blobs = limits.max_blobs;
+    let posts = plan(jobs, max_blobs, |i| {
+        matches!(outcomes[i], BlobOutcome::Queued)
+    });
     let tracked_posts = posts.iter().filter(|p| p.track).count();
     let timestamp = crate::queued::creation_time_now();
     let timestamp = timestamp.as_str();
@@ -100,10 +131,9 @@ pub(super) async fn post_all(
     });
     let finished: Vec<(&Post, Result<Option<RestV2Operation>, PostFailure>)> =
         futures::stream::iter(calls)
-            .buffer_unordered(concurrency.max(1))
+            .buffer_unordered(limits.concurrency.max(1))
             .collect()
             .await;
-    let mut outcomes = vec![BlobOutcome::Queued; jobs.len()];
     let mut operations = Vec::new();
     for (post, result) in finished {
         match result {
@@ -237,7 +267,35 @@ mod tests {
             job("A", &json),
             job("A", &csv),
         ];
-        let posts: Vec<Vec<usize>> = plan(&jobs, 2).into_iter().map(|p| p.indices).collect();
+        let posts: Vec<Vec<usize>> = plan(&jobs, 2, |_| true)
+            .into_iter()
+            .map(|p| p.indices)
+            .collect();
         assert_eq!(posts, vec![vec![0, 1], vec![4], vec![2], vec![3]]);
+        let posts: Vec<Vec<usize>> = plan(&jobs, 2, |i| i != 1)
+            .into_iter()
+            .map(|p| p.indices)
+            .collect();
+        assert_eq!(posts, vec![vec![0, 4], vec![2], vec![3]]);
+    }
+
+    #[test]
+    fn a_blob_over_max_data_size_is_not_sent() {
+        let csv = Arc::new(PropertyBag::new().parse().unwrap().spec());
+        let mut big = job("A", &csv);
+        big.raw_data_size = Some(1001);
+        let failure = too_large(&big, Some(1000)).expect("too large");
+        assert_eq!(failure.code, FailureCode::DataTooLarge);
+        assert!(!failure.is_transient());
+        assert!(failure.message.contains("1000"), "{}", failure.message);
+        assert!(too_large(&big, Some(1001)).is_none());
+        assert!(too_large(&big, None).is_none(), "no limit announced");
+        big.raw_data_size = None;
+        assert!(too_large(&big, Some(1)).is_none(), "unknown size");
+        let mut bag = PropertyBag::new();
+        bag.set("ignoreSizeLimit", serde_json::Value::Bool(true));
+        let mut ignored = job("A", &Arc::new(bag.parse().unwrap().spec()));
+        ignored.raw_data_size = Some(5000);
+        assert!(too_large(&ignored, Some(1000)).is_none());
     }
 }
