@@ -407,6 +407,11 @@ async fn auto_keeps_v2_while_a_configuration_refresh_fails() {
     let uris = blobs(&app, "stale", 2);
     let reply = app.post_ingest(&body(&uris)).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    // The refresh runs behind the request: wait for the DM to have answered it.
+    let refreshed = Instant::now() + Duration::from_secs(30);
+    while configuration_statuses(&app).len() < 2 && Instant::now() < refreshed {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let statuses = configuration_statuses(&app);
     assert!(
         statuses.len() > 1 && statuses[1..].iter().all(|&s| s == 503),
@@ -661,4 +666,192 @@ fn a_bad_method_stops_start_up_naming_the_setting() {
     assert!(!status.success(), "{output}");
     assert!(output.contains("KUSTO_INGEST_METHOD"), "{output}");
     assert!(output.contains("'queues'"), "{output}");
+}
+
+#[tokio::test]
+async fn a_hung_configuration_refresh_holds_up_no_request() {
+    // Refresh after 30 s, the shortest the handler takes: this test waits that long once.
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.rest_v2.refresh_interval = Duration::from_secs(30))
+        .start()
+        .await;
+    let reply = app.post_ingest(&body(&blobs(&app, "warm", 1))).await;
+    let first_read = Instant::now();
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+
+    // From now on the configuration endpoint takes the request and does not answer; the
+    // queued POST still does.
+    let faults = app.dm.faults();
+    faults.set_rest_v2_delay(RestV2Endpoint::Configuration, Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_secs(31).saturating_sub(first_read.elapsed())).await;
+    let mut uris = Vec::new();
+    for round in 0..3 {
+        let batch = blobs(&app, &format!("due{round}"), 2);
+        // Bounded well below the 20 s a DM call may take in all, which a request waiting for the
+        // refresh would have spent before falling back to its copy.
+        let reply = tokio::time::timeout(Duration::from_secs(15), app.post_ingest(&body(&batch)))
+            .await
+            .expect("answered while the configuration refresh hangs");
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+        assert_eq!(reply.body["queued"], 2, "{}", reply.text);
+        uris.extend(batch);
+    }
+    assert_eq!(
+        configuration_statuses(&app),
+        vec![200],
+        "the requests were answered while the refresh was still waiting for the DM"
+    );
+    let messages = app.drain_messages().await;
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+
+    // The endpoint answers again: the refresh, retried after its attempt timed out, gets it.
+    faults.set_rest_v2_delay(RestV2Endpoint::Configuration, Duration::ZERO);
+    let refreshed = Instant::now() + Duration::from_secs(45);
+    while configuration_statuses(&app) != vec![200, 200] {
+        assert!(
+            Instant::now() < refreshed,
+            "no refresh after the endpoint healed: {:?}",
+            configuration_statuses(&app)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn outcomes(reply: &Reply) -> Vec<(String, String)> {
+    reply.body["blobs"]
+        .as_array()
+        .map(|blobs| {
+            blobs
+                .iter()
+                .map(|b| {
+                    (
+                        b["status"].as_str().unwrap_or_default().to_owned(),
+                        b["error"]["code"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A v2 app whose configuration is already read, so a fault set afterwards hits the POSTs only.
+async fn warm_v2_app() -> TestApp {
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .start()
+        .await;
+    let reply = app.post_ingest(&body(&blobs(&app, "warm", 1))).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    app.drain_messages().await;
+    app
+}
+
+#[tokio::test]
+async fn a_post_whose_connection_drops_after_sending_is_unknown_not_failed() {
+    let app = warm_v2_app().await;
+    app.dm
+        .faults()
+        .lose_rest_v2_answers(RestV2Endpoint::Queued, 1);
+    let uris = blobs(&app, "dropped", 2);
+    let reply = app.post_ingest(&body(&uris)).await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.text);
+    assert_eq!(reply.body["failed"], 0, "{}", reply.text);
+    assert_eq!(reply.body["unknown"], 2, "{}", reply.text);
+    for outcome in outcomes(&reply) {
+        assert_eq!(
+            outcome,
+            ("unknown".into(), "IngestionOutcomeUnknown".into())
+        );
+    }
+    let posts: Vec<_> = app
+        .dm
+        .rest_v2_requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 2, "not sent again: {posts:?}");
+    assert!(posts[1].answer_lost);
+    // The DM did queue them: unknown was the honest answer.
+    let messages = app.drain_messages().await;
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+    app.assert_no_secrets();
+}
+
+#[tokio::test]
+async fn a_post_accepted_with_an_unreadable_answer_is_unknown_not_failed() {
+    let app = warm_v2_app().await;
+    // The configuration stays cached (refreshInterval 1 h); the POST's 200 is over the 1 MiB
+    // the handler reads of a DM answer.
+    app.dm.faults().set_oversized_answers(Some(2 * 1024 * 1024));
+    let uris = blobs(&app, "oversized", 2);
+    let reply = app.post_ingest(&body(&uris)).await;
+    assert_eq!(reply.status, StatusCode::MULTI_STATUS, "{}", reply.text);
+    assert_eq!(reply.body["unknown"], 2, "{}", reply.text);
+    for outcome in outcomes(&reply) {
+        assert_eq!(
+            outcome,
+            ("unknown".into(), "IngestionOutcomeUnknown".into())
+        );
+    }
+    let messages = app.drain_messages().await;
+    for uri in &uris {
+        message_for(&messages, uri);
+    }
+    // A POST the DM refuses is still failed, whatever its body: refused means not queued.
+    app.dm.faults().set_oversized_answers(None);
+    app.dm
+        .faults()
+        .push_rest_v2_statuses(RestV2Endpoint::Queued, &[(400, None)]);
+    let reply = app.post_ingest(&body(&blobs(&app, "refused", 1))).await;
+    assert_eq!(
+        outcomes(&reply),
+        vec![("failed".into(), "DataManagementRejected".into())],
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test]
+async fn a_status_read_whose_answer_is_lost_or_unreadable_is_unavailable_then_answers() {
+    let app = warm_v2_app().await;
+    let mut tracked = body(&blobs(&app, "tracked", 1));
+    tracked["tracking"] = json!(true);
+    let reply = app.post_ingest(&tracked).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let operation = reply.body["operationId"].as_str().expect("operationId");
+    let path = format!("/api/ingest/operations/{operation}");
+    let faults = app.dm.faults();
+
+    // Every read's connection drops after the request: a status read is safe to repeat, and
+    // still unavailable when each attempt is lost.
+    faults.lose_rest_v2_answers(RestV2Endpoint::Status, 100);
+    let reply = app.get(&path).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.error_code(),
+        "DataManagementUnavailable",
+        "{}",
+        reply.text
+    );
+    faults.reset();
+
+    faults.set_oversized_answers(Some(2 * 1024 * 1024));
+    let reply = app.get(&path).await;
+    assert!(reply.status.is_server_error(), "{}", reply.text);
+    assert!(reply.text.contains("larger than"), "{}", reply.text);
+    faults.reset();
+
+    let reply = app.get(&path).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    app.assert_no_secrets();
 }

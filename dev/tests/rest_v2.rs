@@ -264,3 +264,97 @@ async fn a_slow_down_or_oversized_dm_is_so_for_the_v2_endpoints_too() {
     assert_eq!(v["ingestionSettings"]["maxBlobsPerBatch"], 20);
     assert!(v["containerSettings"]["containers"].is_array());
 }
+
+#[tokio::test]
+async fn one_endpoint_can_be_slow_answer_oversized_or_lose_its_answers() {
+    let emu = emulator(|c| c.ingest = true).await;
+    let faults = emu.faults();
+    let blob = upload("lost.csv", CSV3).await;
+    let queued = json!({
+        "blobs": [{"url": blob}],
+        "properties": {"format": "csv", "enableTracking": true},
+    });
+
+    // Only the configuration is slow: the queued POST answers at once meanwhile.
+    faults.set_rest_v2_delay(
+        kusto_dev::RestV2Endpoint::Configuration,
+        Duration::from_secs(60),
+    );
+    let slow = tokio::spawn({
+        let (url, token) = (emu.url().to_string(), emu.issue_token(KUSTO));
+        async move {
+            reqwest::Client::new()
+                .get(format!("{url}/v1/rest/ingestion/configuration"))
+                .bearer_auth(token)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+        }
+    });
+    let (status, v) = post(&emu, "/v1/rest/ingestion/queued/db1/Lost", queued.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(slow.await.unwrap().unwrap_err().is_timeout());
+    faults.set_rest_v2_delay(kusto_dev::RestV2Endpoint::Configuration, Duration::ZERO);
+    let (status, _) = get(&emu, "/v1/rest/ingestion/configuration").await;
+    assert_eq!(status, 200);
+
+    // A lost answer: the POST is acted on (the blob is ingested), the connection drops unanswered.
+    faults.lose_rest_v2_answers(kusto_dev::RestV2Endpoint::Queued, 1);
+    let error = reqwest::Client::new()
+        .post(format!("{}/v1/rest/ingestion/queued/db1/Lost", emu.url()))
+        .bearer_auth(emu.issue_token(KUSTO))
+        .json(&queued)
+        .send()
+        .await
+        .expect_err("no answer");
+    assert!(!error.is_connect(), "the request was sent: {error:?}");
+    let logged = emu.rest_v2_requests();
+    let last = logged.last().unwrap();
+    assert!(
+        last.answer_lost && last.status == 200 && last.blobs == 1,
+        "{last:?}"
+    );
+    let started = Instant::now();
+    while emu.row_count("db1", "Lost") < 6 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "both POSTs ingested"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Used up: the next POST is answered.
+    let (status, v) = post(&emu, "/v1/rest/ingestion/queued/db1/Lost", queued.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let op = v["ingestionOperationId"].as_str().unwrap().to_string();
+
+    // Oversized: the POST and status answers are padded too, and still the same JSON.
+    faults.set_oversized_answers(Some(1024 * 1024));
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            "/v1/rest/ingestion/queued/db1/Lost".to_owned(),
+            Some(queued.clone()),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/rest/ingestion/queued/db1/Lost/{op}"),
+            None,
+        ),
+    ] {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", emu.url()))
+            .bearer_auth(emu.issue_token(KUSTO));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let rsp = request.send().await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        let body = rsp.bytes().await.unwrap();
+        assert!(body.len() >= 1024 * 1024, "{path}: {} bytes", body.len());
+        let v: Value = serde_json::from_slice(&body).expect("still JSON");
+        assert!(
+            v.get("ingestionOperationId").is_some() || v.get("status").is_some(),
+            "{v}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ use super::{APPLICATION_FOR_TRACING, CLIENT_VERSION_FOR_TRACING, DmError};
 use crate::domain::DmEndpoint;
 use crate::identity::Identity;
 use crate::transport::{CappedReadError, MAX_ANSWER_BYTES, read_capped};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -125,12 +126,17 @@ impl DmClient {
                 });
             }
             let timeout = self.retry.attempt_timeout.min(left);
-            let result = tokio::time::timeout(timeout, self.call_once(dm, call))
+            let sent = AtomicBool::new(false);
+            let result = tokio::time::timeout(timeout, self.call_once(dm, call, &sent))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(DmError::Unanswered {
-                        endpoint: dm.to_string(),
-                        reason: format!("no answer within {:.1} s", timeout.as_secs_f64()),
+                    let reason = format!("no answer within {:.1} s", timeout.as_secs_f64());
+                    let endpoint = dm.to_string();
+                    // Out of time before the request went out (a slow token): nothing was sent.
+                    Err(if sent.load(Ordering::Acquire) {
+                        DmError::Unanswered { endpoint, reason }
+                    } else {
+                        DmError::Unreachable { endpoint, reason }
                     })
                 });
             let again = |e: &DmError| {
@@ -152,7 +158,14 @@ impl DmClient {
         }
     }
 
-    async fn call_once(&self, dm: &DmEndpoint, call: &Call<'_>) -> Result<Vec<u8>, DmError> {
+    /// One attempt; `sent` is set once the request is handed to the connection, so a timeout
+    /// can tell a request that may have been acted on from one that never left.
+    async fn call_once(
+        &self,
+        dm: &DmEndpoint,
+        call: &Call<'_>,
+        sent: &AtomicBool,
+    ) -> Result<Vec<u8>, DmError> {
         let endpoint = dm.to_string();
         let token = self
             .identity
@@ -175,6 +188,7 @@ impl DmClient {
                 .header("Content-Type", "application/json; charset=utf-8")
                 .body(body.clone());
         }
+        sent.store(true, Ordering::Release);
         let response = request.send().await.map_err(|e| {
             // Refused before anything was sent: safe to send again, whatever the call.
             let refused = e.is_connect();
@@ -200,6 +214,12 @@ impl DmClient {
             .map(Duration::from_secs);
         let body = match read_capped(response, MAX_ANSWER_BYTES).await {
             Ok(body) => body,
+            // A refusal whose body could not be read is still a refusal: its status says which.
+            Err(error) if status != 200 => {
+                tracing::debug!(dm = %dm, call = call.what, status, %error, "unreadable error body");
+                Default::default()
+            }
+            // An acceptance that could not be read: the DM acted, what it answered is unknown.
             Err(error @ CappedReadError::TooLarge { .. }) => {
                 return Err(DmError::InvalidResponse {
                     endpoint,

@@ -3,6 +3,7 @@
 //! commands mean belongs to the backend that runs them.
 
 mod client;
+pub(crate) mod refresh;
 pub(crate) mod v1;
 
 pub(crate) use client::{Call, DmClient, RetryPolicy};

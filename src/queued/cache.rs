@@ -1,10 +1,12 @@
 //! The ingestion resources and identity token of one DM, fetched together, cached, refreshed ahead
-//! of expiry by one task at a time, and served stale while a refresh fails and the SAS is valid.
+//! of expiry in the background by one task at a time (`dm::refresh`, shared with the v2
+//! configuration cache), and served stale while a refresh fails and the SAS is valid.
 
 use super::authorization::AuthorizationContext;
 use super::pool::QueuePool;
 use super::resources::{IngestionResources, StorageRoot};
 use super::status_table::StatusTable;
+use crate::dm::refresh::Flight;
 use crate::dm::{DmClient, DmError};
 use crate::domain::DmEndpoint;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +18,6 @@ use time::OffsetDateTime;
 const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
 /// Stale resources are not used within this margin of their SAS expiry.
 const SAS_SAFETY_MARGIN: Duration = Duration::from_secs(30);
-/// After a failed refresh, how long callers are answered from that failure (or the stale copy)
-/// before the DM is asked again, so an outage is not multiplied by every waiting request.
-const FAILURE_HOLD: Duration = Duration::from_secs(5);
 /// After storage refuses a SAS (403), fresh resources are fetched at most once per hold; the hold
 /// doubles while refusals keep coming (a rotated key, a SAS expired at the source), up to the
 /// maximum, so a storage-side incident does not become DM throttling.
@@ -43,11 +42,6 @@ impl Snapshot {
     fn usable(&self, now: Instant) -> bool {
         now < self.usable_until
     }
-}
-
-struct Failure {
-    at: Instant,
-    error: DmError,
 }
 
 /// Why [`ResourceCache::replace`] has no newer resources.
@@ -94,40 +88,43 @@ impl SasRefetchLimit {
     }
 }
 
+/// Cheap to share with the fetch task: what it needs is behind one `Arc`.
 pub(super) struct ResourceCache {
+    inner: Arc<Inner>,
+    flight: Flight,
+}
+
+struct Inner {
     dm: DmEndpoint,
     client: Arc<DmClient>,
     /// The process's HTTP client, for the queue posts of every snapshot.
     http: reqwest::Client,
     current: RwLock<Option<Arc<Snapshot>>>,
-    last_failure: RwLock<Option<Failure>>,
     /// The generation a queue reported as unauthorized (403): it is refreshed on next use, unless
     /// the SAS refetch limit holds.
     invalidated: AtomicU64,
     sas_refetches: SasRefetchLimit,
     generations: AtomicU64,
-    /// Single flight: whoever holds it fetches; the others wait for its result or serve the
-    /// current snapshot.
-    refresh: tokio::sync::Mutex<()>,
 }
 
 impl ResourceCache {
     pub(super) fn new(dm: DmEndpoint, client: Arc<DmClient>, http: reqwest::Client) -> Self {
         Self {
-            dm,
-            client,
-            http,
-            current: RwLock::new(None),
-            last_failure: RwLock::new(None),
-            invalidated: AtomicU64::new(0),
-            sas_refetches: SasRefetchLimit::default(),
-            generations: AtomicU64::new(0),
-            refresh: tokio::sync::Mutex::new(()),
+            flight: Flight::new(&dm),
+            inner: Arc::new(Inner {
+                dm,
+                client,
+                http,
+                current: RwLock::new(None),
+                invalidated: AtomicU64::new(0),
+                sas_refetches: SasRefetchLimit::default(),
+                generations: AtomicU64::new(0),
+            }),
         }
     }
 
     fn current(&self) -> Option<Arc<Snapshot>> {
-        self.current.read().ok().and_then(|c| c.clone())
+        self.inner.current()
     }
 
     fn needs_refresh(&self, snapshot: &Snapshot, now: Instant) -> bool {
@@ -136,21 +133,41 @@ impl ResourceCache {
 
     /// Storage refused `snapshot`'s SAS and a refetch for that is allowed now.
     fn refused(&self, snapshot: &Snapshot, now: Instant) -> bool {
-        self.invalidated.load(Ordering::Acquire) == snapshot.generation
-            && self.sas_refetches.wait(now).is_none()
+        self.invalidated(snapshot) && self.inner.sas_refetches.wait(now).is_none()
     }
 
-    fn recent_failure(&self, now: Instant) -> Option<DmError> {
-        let guard = self.last_failure.read().ok()?;
-        let failure = guard.as_ref()?;
-        (now.duration_since(failure.at) < FAILURE_HOLD).then(|| failure.error.clone())
+    fn invalidated(&self, snapshot: &Snapshot) -> bool {
+        self.inner.invalidated.load(Ordering::Acquire) == snapshot.generation
     }
 
     /// Marks `generation` as rejected by storage (403), so the next `get` fetches fresh resources.
     /// A report about an older generation than the current one changes nothing: it was replaced.
     pub(super) fn invalidate(&self, generation: u64) {
         if self.current().is_some_and(|c| c.generation == generation) {
-            self.invalidated.fetch_max(generation, Ordering::AcqRel);
+            self.inner
+                .invalidated
+                .fetch_max(generation, Ordering::AcqRel);
+        }
+    }
+
+    /// Starts a fetch in the background unless one is running.
+    fn start_fetch(&self) {
+        let inner = self.inner.clone();
+        self.flight.start(async move { inner.refresh().await });
+    }
+
+    /// What a caller that needed a fetch gets once it ended: the current snapshot while its SAS
+    /// works, else why there is none.
+    fn after_fetch(&self) -> Result<Arc<Snapshot>, DmError> {
+        match self.current() {
+            Some(snapshot) if snapshot.usable(Instant::now()) => Ok(snapshot),
+            _ => Err(self
+                .flight
+                .last_failure()
+                .unwrap_or_else(|| DmError::Unreachable {
+                    endpoint: self.inner.dm.to_string(),
+                    reason: "the ingestion resources fetch ended without an answer".to_owned(),
+                })),
         }
     }
 
@@ -159,28 +176,33 @@ impl ResourceCache {
     /// unless the SAS refetch limit holds. Falls back to the rejected copy when the refetch fails
     /// (the caller then fails its blob).
     pub(super) async fn replace(&self, rejected: u64) -> Result<Arc<Snapshot>, RefetchError> {
-        let newer =
-            |c: &Option<Arc<Snapshot>>| c.as_ref().filter(|c| c.generation > rejected).cloned();
-        if let Some(snapshot) = newer(&self.current()) {
+        let newer = |c: Option<Arc<Snapshot>>| c.filter(|c| c.generation > rejected);
+        if let Some(snapshot) = newer(self.current()) {
             return Ok(snapshot);
         }
         self.invalidate(rejected);
-        let _guard = self.refresh.lock().await;
-        let current = self.current();
-        if let Some(snapshot) = newer(&current) {
+        // A fetch already running may be the replacement.
+        self.flight.settled().await;
+        if let Some(snapshot) = newer(self.current()) {
             return Ok(snapshot);
         }
-        if let Some(wait) = self.sas_refetches.wait(Instant::now()) {
+        if let Some(wait) = self.inner.sas_refetches.wait(Instant::now()) {
             return Err(RefetchError::Held(wait));
         }
-        if let Some(error) = self.recent_failure(Instant::now()) {
-            return current.ok_or(RefetchError::Dm(error));
+        if self.flight.recent_failure(Instant::now()).is_none() {
+            self.start_fetch();
+            self.flight.settled().await;
         }
-        self.refresh_locked(current).await.map_err(RefetchError::Dm)
+        if let Some(snapshot) = newer(self.current()) {
+            return Ok(snapshot);
+        }
+        self.after_fetch().map_err(RefetchError::Dm)
     }
 
-    /// Resources to post with. Fresh ones when possible; the stale copy while a refresh fails and
-    /// its SAS still works; an error only when there is nothing usable.
+    /// Resources to post with, at once while a usable copy exists: a refresh that falls due runs
+    /// behind the request, and the copy serves while it fails and its SAS still works. Only when
+    /// nothing usable is cached (cold, SAS expired, or refused by storage) does the caller wait
+    /// for the DM, and an error then means nothing usable could be had.
     pub(super) async fn get(&self) -> Result<Arc<Snapshot>, DmError> {
         let now = Instant::now();
         let current = self.current();
@@ -188,44 +210,35 @@ impl ResourceCache {
             if !self.needs_refresh(snapshot, now) {
                 return Ok(snapshot.clone());
             }
-            // Due for a refresh but still valid: if someone is already refreshing, don't wait.
-            let invalidated = self.invalidated.load(Ordering::Acquire) == snapshot.generation;
-            if snapshot.usable(now) && !invalidated {
-                if self.recent_failure(now).is_some() {
-                    return Ok(snapshot.clone());
+            if snapshot.usable(now) && !self.invalidated(snapshot) {
+                if self.flight.recent_failure(now).is_none() {
+                    self.start_fetch();
                 }
-                let Ok(_guard) = self.refresh.try_lock() else {
-                    return Ok(snapshot.clone());
-                };
-                return Ok(self
-                    .refresh_locked(Some(snapshot.clone()))
-                    .await
-                    .unwrap_or_else(|_| snapshot.clone()));
+                return Ok(snapshot.clone());
             }
         }
-        let _guard = self.refresh.lock().await;
-        // Whoever held the lock before us may have done the work.
-        let current = self.current();
-        if let Some(snapshot) = &current
-            && !self.needs_refresh(snapshot, Instant::now())
-        {
-            return Ok(snapshot.clone());
-        }
-        if let Some(error) = self.recent_failure(Instant::now()) {
+        if let Some(error) = self.flight.recent_failure(now) {
             return match current {
-                Some(snapshot) if snapshot.usable(Instant::now()) => Ok(snapshot),
+                Some(snapshot) if snapshot.usable(now) => Ok(snapshot),
                 _ => Err(error),
             };
         }
-        self.refresh_locked(current).await
+        self.start_fetch();
+        self.flight.settled().await;
+        self.after_fetch()
+    }
+}
+
+impl Inner {
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        self.current.read().ok().and_then(|c| c.clone())
     }
 
-    /// Fetches both commands concurrently. Callers hold `self.refresh`.
-    async fn refresh_locked(
-        &self,
-        previous: Option<Arc<Snapshot>>,
-    ) -> Result<Arc<Snapshot>, DmError> {
+    /// Fetches both commands concurrently and installs the result; an error leaves the previous
+    /// snapshot in place. Runs as the cache's one fetch (`Flight`).
+    async fn refresh(&self) -> Result<(), DmError> {
         let started = Instant::now();
+        let previous = self.current();
         if let Some(previous) = &previous
             && self.invalidated.load(Ordering::Acquire) == previous.generation
         {
@@ -247,9 +260,18 @@ impl ResourceCache {
         });
         match built {
             Ok((resources, authorization_context, pool)) => {
-                Ok(self.install(&resources, authorization_context, pool, started))
+                self.install(&resources, authorization_context, pool, started);
+                Ok(())
             }
-            Err(error) => self.fail(error, previous),
+            Err(error) => {
+                match previous {
+                    Some(stale) if stale.usable(Instant::now()) => {
+                        tracing::warn!(dm = %self.dm, generation = stale.generation, %error, "refreshing ingestion resources failed; serving the cached copy while its SAS is valid");
+                    }
+                    _ => tracing::error!(dm = %self.dm, %error, "cannot get ingestion resources"),
+                }
+                Err(error)
+            }
         }
     }
 
@@ -260,7 +282,7 @@ impl ResourceCache {
         authorization_context: AuthorizationContext,
         pool: QueuePool,
         started: Instant,
-    ) -> Arc<Snapshot> {
+    ) {
         let now = Instant::now();
         let sas_left = resources
             .sas_expiry()
@@ -292,35 +314,7 @@ impl ResourceCache {
             "fetched ingestion resources and identity token"
         );
         if let Ok(mut current) = self.current.write() {
-            *current = Some(snapshot.clone());
-        }
-        if let Ok(mut failure) = self.last_failure.write() {
-            *failure = None;
-        }
-        snapshot
-    }
-
-    /// Remembers a failed fetch; the stale copy while its SAS works, else the error.
-    fn fail(
-        &self,
-        error: DmError,
-        previous: Option<Arc<Snapshot>>,
-    ) -> Result<Arc<Snapshot>, DmError> {
-        if let Ok(mut failure) = self.last_failure.write() {
-            *failure = Some(Failure {
-                at: Instant::now(),
-                error: error.clone(),
-            });
-        }
-        match previous {
-            Some(stale) if stale.usable(Instant::now()) => {
-                tracing::warn!(dm = %self.dm, generation = stale.generation, %error, "refreshing ingestion resources failed; serving the cached copy while its SAS is valid");
-                Ok(stale)
-            }
-            _ => {
-                tracing::error!(dm = %self.dm, %error, "cannot get ingestion resources");
-                Err(error)
-            }
+            *current = Some(snapshot);
         }
     }
 }

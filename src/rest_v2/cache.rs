@@ -1,9 +1,11 @@
 //! The ingestion configuration of one DM: fetched when first needed, refreshed after its
-//! `refreshInterval` by one task at a time, and served stale while a refresh fails, as the v1
-//! resources are (`queued::cache`). A DM without the v2 API (404) is remembered as such and asked
-//! again now and then, so a cluster that gains the API is noticed.
+//! `refreshInterval` in the background (single flight, `dm::refresh`), and served stale while a
+//! refresh fails, as the v1 resources are (`queued::cache`). Only a request that finds no
+//! configuration at all waits for the DM. A DM without the v2 API (404) is remembered as such and
+//! asked again now and then, so a cluster that gains the API is noticed.
 
 use super::configuration::Configuration;
+use crate::dm::refresh::Flight;
 use crate::dm::{Call, DmClient, DmError};
 use crate::domain::DmEndpoint;
 use crate::ingest::Deadline;
@@ -12,9 +14,6 @@ use std::time::{Duration, Instant};
 
 /// How long a 404 from the configuration endpoint stands before the DM is asked again.
 const ABSENT_RECHECK: Duration = Duration::from_secs(10 * 60);
-/// After a failed fetch, callers get that failure (or the stale copy) for this long before the DM
-/// is asked again, so an outage is not multiplied by every waiting request.
-const FAILURE_HOLD: Duration = Duration::from_secs(5);
 
 /// What the DM said about its v2 API.
 #[derive(Debug, Clone)]
@@ -29,23 +28,23 @@ struct Entry {
     refresh_at: Instant,
 }
 
+type Current = Arc<RwLock<Option<Arc<Entry>>>>;
+
 pub(super) struct ConfigCache {
     dm: DmEndpoint,
     client: Arc<DmClient>,
-    current: RwLock<Option<Arc<Entry>>>,
-    last_failure: RwLock<Option<(Instant, DmError)>>,
-    /// Single flight: whoever holds it fetches; the others wait for it or serve the current copy.
-    refresh: tokio::sync::Mutex<()>,
+    /// Shared with the fetch task, which replaces it.
+    current: Current,
+    flight: Flight,
 }
 
 impl ConfigCache {
     pub(super) fn new(dm: DmEndpoint, client: Arc<DmClient>) -> Self {
         Self {
+            flight: Flight::new(&dm),
             dm,
             client,
-            current: RwLock::new(None),
-            last_failure: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            current: Arc::new(RwLock::new(None)),
         }
     }
 
@@ -53,99 +52,87 @@ impl ConfigCache {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
-    fn recent_failure(&self, now: Instant) -> Option<DmError> {
-        let guard = self.last_failure.read().ok()?;
-        let (at, error) = guard.as_ref()?;
-        (now.duration_since(*at) < FAILURE_HOLD).then(|| error.clone())
-    }
-
     /// The configuration, or that there is none; an error only when nothing is known and the DM
-    /// could not be asked (or `deadline` passed while waiting for another task's fetch).
+    /// could not be asked (or `deadline` passed while waiting for the fetch).
     pub(super) async fn get(&self, deadline: Deadline) -> Result<Known, DmError> {
         let now = Instant::now();
-        let current = self.current();
-        if let Some(entry) = &current {
-            if now < entry.refresh_at {
-                return Ok(entry.known.clone());
+        if let Some(entry) = self.current() {
+            // Due: refreshed behind this request, which is served from the copy it has.
+            if now >= entry.refresh_at && self.flight.recent_failure(now).is_none() {
+                self.start_fetch();
             }
-            // Due, but still usable: a failing DM or another task's refresh does not hold us up.
-            if self.recent_failure(now).is_some() {
-                return Ok(entry.known.clone());
-            }
-            let Ok(_guard) = self.refresh.try_lock() else {
-                return Ok(entry.known.clone());
-            };
-            return Ok(match self.fetch(deadline).await {
-                Ok(known) => known,
-                Err(error) => {
-                    tracing::warn!(dm = %self.dm, %error, "ingestion configuration refresh failed; serving the previous one");
-                    entry.known.clone()
-                }
-            });
+            return Ok(entry.known.clone());
         }
-        if let Some(error) = self.recent_failure(now) {
+        if let Some(error) = self.flight.recent_failure(now) {
             return Err(error);
         }
-        let _guard = tokio::time::timeout_at(deadline.instant(), self.refresh.lock())
+        self.start_fetch();
+        tokio::time::timeout_at(deadline.instant(), self.flight.settled())
             .await
             .map_err(|_| DmError::Unreachable {
                 endpoint: self.dm.to_string(),
-                reason: "another request's configuration fetch did not finish before this request's deadline".to_owned(),
+                reason: "the configuration fetch did not finish before this request's deadline"
+                    .to_owned(),
             })?;
-        // Whoever held the lock may have fetched it meanwhile.
         if let Some(entry) = self.current() {
             return Ok(entry.known.clone());
         }
-        if let Some(error) = self.recent_failure(Instant::now()) {
-            return Err(error);
-        }
-        self.fetch(deadline).await
+        Err(self
+            .flight
+            .last_failure()
+            .unwrap_or_else(|| DmError::Unreachable {
+                endpoint: self.dm.to_string(),
+                reason: "the configuration fetch ended without an answer".to_owned(),
+            }))
     }
 
-    /// Asks the DM (the caller holds the refresh lock) and stores what it said.
-    async fn fetch(&self, deadline: Deadline) -> Result<Known, DmError> {
-        let call = Call {
-            method: reqwest::Method::GET,
-            url: format!("{}/v1/rest/ingestion/configuration", self.dm),
-            body: None,
-            what: "ingestion configuration",
-        };
-        let result = match self
-            .client
-            .call(&self.dm, &call, Some(deadline.instant()), true)
-            .await
-        {
-            Ok(body) => Configuration::parse(&body)
-                .map(|c| {
-                    let refresh = c.refresh;
-                    (Known::Supported(Arc::new(c)), refresh)
-                })
-                .map_err(|reason| DmError::InvalidResponse {
-                    endpoint: self.dm.to_string(),
-                    reason,
-                }),
-            Err(DmError::Rejected { status: 404, .. }) => Ok((Known::Absent, ABSENT_RECHECK)),
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok((known, refresh)) => {
-                if let Ok(mut current) = self.current.write() {
-                    *current = Some(Arc::new(Entry {
-                        known: known.clone(),
-                        refresh_at: Instant::now() + refresh,
-                    }));
-                }
-                if let Ok(mut failure) = self.last_failure.write() {
-                    *failure = None;
-                }
-                Ok(known)
+    /// Starts a fetch in the background unless one is running.
+    fn start_fetch(&self) {
+        let (dm, client, current) = (self.dm.clone(), self.client.clone(), self.current.clone());
+        self.flight
+            .start(async move { fetch(&dm, &client, &current).await });
+    }
+}
+
+/// Asks the DM and stores what it said; an error leaves the previous copy in place.
+async fn fetch(dm: &DmEndpoint, client: &DmClient, current: &Current) -> Result<(), DmError> {
+    let call = Call {
+        method: reqwest::Method::GET,
+        url: format!("{dm}/v1/rest/ingestion/configuration"),
+        body: None,
+        what: "ingestion configuration",
+    };
+    let result = match client.call(dm, &call, None, true).await {
+        Ok(body) => Configuration::parse(&body)
+            .map(|c| {
+                let refresh = c.refresh;
+                (Known::Supported(Arc::new(c)), refresh)
+            })
+            .map_err(|reason| DmError::InvalidResponse {
+                endpoint: dm.to_string(),
+                reason,
+            }),
+        Err(DmError::Rejected { status: 404, .. }) => Ok((Known::Absent, ABSENT_RECHECK)),
+        Err(error) => Err(error),
+    };
+    let stale = current.read().ok().is_some_and(|c| c.is_some());
+    match result {
+        Ok((known, refresh)) => {
+            if let Ok(mut current) = current.write() {
+                *current = Some(Arc::new(Entry {
+                    known,
+                    refresh_at: Instant::now() + refresh,
+                }));
             }
-            Err(error) => {
-                if let Ok(mut failure) = self.last_failure.write() {
-                    *failure = Some((Instant::now(), error.clone()));
-                }
-                Err(error)
-            }
+            Ok(())
+        }
+        Err(error) if stale => {
+            tracing::warn!(dm = %dm, %error, "ingestion configuration refresh failed; serving the previous one");
+            Err(error)
+        }
+        Err(error) => {
+            tracing::warn!(dm = %dm, %error, "cannot get the ingestion configuration");
+            Err(error)
         }
     }
 }
@@ -243,7 +230,7 @@ mod tests {
                     refresh_at: Instant::now(),
                 }));
             }
-            *self.last_failure.write().unwrap() = None;
+            self.flight.forget_failure();
         }
     }
 
@@ -258,6 +245,7 @@ mod tests {
         assert_eq!(dm.hits(), 1);
         // Cached until its refreshInterval.
         cache.get(deadline()).await.unwrap();
+        cache.flight.settled().await;
         assert_eq!(dm.hits(), 1);
         // Due: asked again, once, however many ask.
         cache.expire();
@@ -265,7 +253,67 @@ mod tests {
         for known in futures::future::join_all(gets).await {
             known.unwrap();
         }
+        cache.flight.settled().await;
         assert_eq!(dm.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_due_refresh_runs_behind_the_requests_and_replaces_the_copy() {
+        let (dm, cache) = fake_dm(200, CONFIGURATION).await;
+        let first = cache.get(deadline()).await.unwrap();
+        *dm.delay.lock().unwrap() = Duration::from_millis(500);
+        cache.expire();
+        // Served from the copy at once, not after the DM's 500 ms.
+        let served = cache.get(deadline()).await.unwrap();
+        assert!(Arc::ptr_eq(supported(&first), supported(&served)));
+        cache.flight.settled().await;
+        assert_eq!(dm.hits(), 2);
+        let fresh = cache.get(deadline()).await.unwrap();
+        assert!(
+            !Arc::ptr_eq(supported(&first), supported(&fresh)),
+            "the refresh replaced the copy"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_refresh_holds_up_no_request() {
+        let (dm, cache) = fake_dm(200, CONFIGURATION).await;
+        let first = cache.get(deadline()).await.unwrap();
+        // Longer than the test: the DM never answers the refresh.
+        *dm.delay.lock().unwrap() = Duration::from_secs(3600);
+        cache.expire();
+        for _ in 0..5 {
+            let served = tokio::time::timeout(Duration::from_secs(5), cache.get(deadline()))
+                .await
+                .expect("served from the copy while the refresh hangs")
+                .unwrap();
+            assert!(Arc::ptr_eq(supported(&first), supported(&served)));
+        }
+        // Let the refresh reach the DM: it is asked once, however many requests find it due.
+        let wait_for_the_fetch = async {
+            while dm.hits() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait_for_the_fetch)
+            .await
+            .expect("the background refresh asked the DM");
+        cache.get(deadline()).await.unwrap();
+        assert_eq!(dm.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cold_request_waits_only_until_its_deadline_and_the_fetch_goes_on() {
+        let (dm, cache) = fake_dm(200, CONFIGURATION).await;
+        *dm.delay.lock().unwrap() = Duration::from_millis(800);
+        let error = cache
+            .get(Deadline::after(Duration::from_millis(100)))
+            .await
+            .unwrap_err();
+        assert!(error.is_transient(), "{error:?}");
+        // The fetch it started was not cancelled with it: the next request gets its answer.
+        supported(&cache.get(deadline()).await.unwrap());
+        assert_eq!(dm.hits(), 1);
     }
 
     #[tokio::test]
@@ -278,6 +326,7 @@ mod tests {
         );
         cache.expire();
         let known = cache.get(deadline()).await.unwrap();
+        cache.flight.settled().await;
         assert_eq!(dm.hits(), 2, "the refresh was tried");
         assert!(
             Arc::ptr_eq(supported(&first), supported(&known)),
@@ -285,19 +334,26 @@ mod tests {
         );
         // Within the failure hold the DM is not asked again, and the stale copy still serves.
         for _ in 0..5 {
-            supported(&cache.get(deadline()).await.unwrap());
+            let known = cache.get(deadline()).await.unwrap();
+            assert!(Arc::ptr_eq(supported(&first), supported(&known)));
         }
+        cache.flight.settled().await;
         assert_eq!(dm.hits(), 2);
         // An unreadable answer is a failure too.
         dm.answer(200, "not json");
         cache.expire();
         supported(&cache.get(deadline()).await.unwrap());
+        cache.flight.settled().await;
         assert_eq!(dm.hits(), 3);
+        let known = cache.get(deadline()).await.unwrap();
+        assert!(Arc::ptr_eq(supported(&first), supported(&known)));
         // Once the DM answers again, the new configuration replaces the stale one.
         dm.answer(200, CONFIGURATION);
         cache.expire();
-        let fresh = cache.get(deadline()).await.unwrap();
+        cache.get(deadline()).await.unwrap();
+        cache.flight.settled().await;
         assert_eq!(dm.hits(), 4);
+        let fresh = cache.get(deadline()).await.unwrap();
         assert!(!Arc::ptr_eq(supported(&first), supported(&fresh)));
     }
 
@@ -333,6 +389,8 @@ mod tests {
         assert!(due >= Instant::now() + ABSENT_RECHECK - Duration::from_secs(5));
         dm.answer(200, CONFIGURATION);
         cache.expire();
+        cache.get(deadline()).await.unwrap();
+        cache.flight.settled().await;
         supported(&cache.get(deadline()).await.unwrap());
         assert_eq!(dm.hits(), 2);
     }

@@ -1,9 +1,11 @@
 //! The whole posting policy of the v2 backend: a batch's blobs grouped by target and ingestion
 //! properties (one `properties` object per POST), split into POSTs of at most `maxBlobsPerBatch`,
 //! posted concurrently within the request's deadline. Throttling (429) and 5xx are retried by
-//! [`DmClient::call`] honouring `Retry-After`, never past the deadline; a POST whose answer was
-//! lost is not sent again (the DM may have queued it) and its blobs are `Unknown`. A failed POST
-//! fails only its own blobs, with the DM's reason.
+//! [`DmClient::call`] honouring `Retry-After`, never past the deadline. A POST that was sent and
+//! whose answer was then lost (a dropped connection, a timeout) or could not be read (cut off, too
+//! large, not the expected JSON) is not sent again (the DM may have queued it) and its blobs are
+//! `Unknown`; one that was not sent or that the DM refused fails only its own blobs, with the
+//! DM's reason.
 
 use super::request;
 use crate::dm::{Call, DmClient, DmError};
@@ -200,10 +202,16 @@ async fn post_one(
         .call(dm, &call, Some(deadline.instant()), false)
         .await
         .map_err(|e| failure(&e))?;
-    let id = serde_json::from_slice::<Answer>(&answer)
-        .ok()
-        .and_then(|a| a.ingestion_operation_id)
-        .filter(|id| !id.is_empty());
+    let answer = serde_json::from_slice::<Answer>(&answer).map_err(|e| {
+        PostFailure::Unknown(BlobFailure::new(
+            FailureCode::IngestionOutcomeUnknown,
+            format!(
+                "the DM at {dm} accepted the batch but its answer is not the expected JSON ({e}); \
+                 the DM may have queued the blob"
+            ),
+        ))
+    })?;
+    let id = answer.ingestion_operation_id.filter(|id| !id.is_empty());
     match (post.track, id) {
         (true, Some(id)) => Ok(Some(RestV2Operation {
             database: first.database.to_string(),
@@ -223,7 +231,10 @@ async fn post_one(
 /// What a failed POST means for its blobs.
 fn failure(error: &DmError) -> PostFailure {
     let code = match error {
-        DmError::Unanswered { .. } => {
+        // Sent, and then the answer was lost, cut off or too large to read (the client reads a
+        // refusal's status even when its body is unreadable, so these follow an acceptance or
+        // nothing): the DM may have queued the blobs.
+        DmError::Unanswered { .. } | DmError::InvalidResponse { .. } => {
             return PostFailure::Unknown(BlobFailure::new(
                 FailureCode::IngestionOutcomeUnknown,
                 format!("{error}; the DM may have queued the blob"),

@@ -4,7 +4,9 @@
 //! * `GET  /_emulator/state`    — URLs, queues, fault state, counters
 //! * `GET  /_emulator/requests` — mgmt and token request logs
 //! * `POST /_emulator/faults`   — body: any of `{"push_statuses": [[429, 2], [503, null]],
-//!   "push_rest_v2_statuses": {"endpoint": "Queued" | "Configuration", "statuses": [[429, 1]]},
+//!   "push_rest_v2_statuses": {"endpoint": "Queued" | "Configuration" | "Status", "statuses": [[429, 1]]},
+//!   "rest_v2_delay": {"endpoint": "Configuration", "delay_ms": 60000 (0 clears)},
+//!   "lose_rest_v2_answers": {"endpoint": "Queued", "count": 1},
 //!   "delay_ms": 0, "down": false, "break_account": {"account": "a", "mode": "ServerBusy"},
 //!   "heal_account": "a", "sas_lifetime_secs": 2, "token_lifetime_secs": 3600,
 //!   "fail_token_endpoint": 500 (0 clears), "token_delay_ms": 0,
@@ -42,12 +44,28 @@ struct RestV2Statuses {
     statuses: Vec<(u16, Option<u64>)>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestV2Delay {
+    endpoint: RestV2Endpoint,
+    delay_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LostRestV2Answers {
+    endpoint: RestV2Endpoint,
+    count: usize,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultCommand {
     reset: Option<bool>,
     push_statuses: Option<Vec<(u16, Option<u64>)>>,
     push_rest_v2_statuses: Option<RestV2Statuses>,
+    rest_v2_delay: Option<RestV2Delay>,
+    lose_rest_v2_answers: Option<LostRestV2Answers>,
     delay_ms: Option<u64>,
     down: Option<bool>,
     break_account: Option<BreakRequest>,
@@ -141,6 +159,12 @@ async fn apply(state: &Arc<State>, cmd: FaultCommand) -> Result<(), String> {
     }
     if let Some(v2) = cmd.push_rest_v2_statuses {
         f.push_rest_v2_statuses(v2.endpoint, &v2.statuses);
+    }
+    if let Some(d) = cmd.rest_v2_delay {
+        f.set_rest_v2_delay(d.endpoint, Duration::from_millis(d.delay_ms));
+    }
+    if let Some(lost) = cmd.lose_rest_v2_answers {
+        f.lose_rest_v2_answers(lost.endpoint, lost.count);
     }
     if let Some(ms) = cmd.delay_ms {
         f.set_delay(Duration::from_millis(ms));

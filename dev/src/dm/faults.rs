@@ -34,20 +34,24 @@ pub enum BreakMode {
     ResetAfterEnqueue,
 }
 
-/// A v2 REST endpoint whose answers can be replaced by injected statuses
-/// ([`Faults::push_rest_v2_statuses`]).
+/// A v2 REST endpoint, for the faults that name one ([`Faults::push_rest_v2_statuses`],
+/// [`Faults::set_rest_v2_delay`], [`Faults::lose_rest_v2_answers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RestV2Endpoint {
     /// `GET /v1/rest/ingestion/configuration`.
     Configuration,
     /// `POST /v1/rest/ingestion/queued/{db}/{table}`.
     Queued,
+    /// `GET /v1/rest/ingestion/queued/{db}/{table}/{operationId}`.
+    Status,
 }
 
 #[derive(Debug)]
 pub(crate) struct FaultState {
     statuses: VecDeque<(u16, Option<u64>)>,
     rest_v2_statuses: HashMap<RestV2Endpoint, VecDeque<(u16, Option<u64>)>>,
+    rest_v2_delays: HashMap<RestV2Endpoint, Duration>,
+    rest_v2_lost_answers: HashMap<RestV2Endpoint, usize>,
     delay: Duration,
     down: bool,
     broken: HashMap<String, BreakMode>,
@@ -99,6 +103,8 @@ impl Faults {
                 state: Mutex::new(FaultState {
                     statuses: VecDeque::new(),
                     rest_v2_statuses: HashMap::new(),
+                    rest_v2_delays: HashMap::new(),
+                    rest_v2_lost_answers: HashMap::new(),
                     delay: Duration::ZERO,
                     down: false,
                     broken: HashMap::new(),
@@ -184,6 +190,52 @@ impl Faults {
             .and_then(VecDeque::pop_front)
     }
 
+    /// One v2 endpoint is slow: its requests are read, then wait `delay` (on top of
+    /// [`Faults::set_delay`]) before they are acted on and answered; the other endpoints answer
+    /// at once. A delay longer than the client waits is a hung endpoint (the client gives up,
+    /// the emulator acts on the request when the delay is over). Zero clears it.
+    pub fn set_rest_v2_delay(&self, endpoint: RestV2Endpoint, delay: Duration) {
+        let mut state = self.state();
+        if delay.is_zero() {
+            state.rest_v2_delays.remove(&endpoint);
+        } else {
+            state.rest_v2_delays.insert(endpoint, delay);
+        }
+    }
+
+    pub fn rest_v2_delay(&self, endpoint: RestV2Endpoint) -> Duration {
+        self.state()
+            .rest_v2_delays
+            .get(&endpoint)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The next `count` authenticated requests to `endpoint` are acted on as usual (a queued POST
+    /// enqueues its blobs), then their connection is closed without an answer: the client sees
+    /// the connection drop after it sent the request, and cannot know what the DM did. Logged
+    /// with `answer_lost`. Only requests the emulator acts on count: not those answered 503 (down),
+    /// 401 or an injected status ([`Faults::push_rest_v2_statuses`]).
+    pub fn lose_rest_v2_answers(&self, endpoint: RestV2Endpoint, count: usize) {
+        *self
+            .state()
+            .rest_v2_lost_answers
+            .entry(endpoint)
+            .or_default() += count;
+    }
+
+    /// Whether this answer of `endpoint` is to be lost (and one fewer is).
+    pub(crate) fn take_lost_answer(&self, endpoint: RestV2Endpoint) -> bool {
+        let mut state = self.state();
+        match state.rest_v2_lost_answers.get_mut(&endpoint) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Delay applied before answering every mgmt request and every v2 REST request.
     pub fn set_delay(&self, delay: Duration) {
         self.state().delay = delay;
@@ -253,11 +305,12 @@ impl Faults {
         self.state().token_delay
     }
 
-    /// `Some(bytes)`: the answers that hand out resources are padded to at least `bytes` bytes,
-    /// streamed chunked without `Content-Length`: `.get ingestion resources` (v1) with rows of
-    /// resource type [`crate::dm::tables::PADDING_RESOURCE_TYPE`], the v2 configuration GET with
-    /// a `kustoDevPadding` string member (both ignored by clients that read that far). `None`
-    /// restores normal answers.
+    /// `Some(bytes)`: the answers that hand out resources, and every successful v2 answer, are
+    /// padded to at least `bytes` bytes, streamed chunked without `Content-Length`:
+    /// `.get ingestion resources` (v1) with rows of resource type
+    /// [`crate::dm::tables::PADDING_RESOURCE_TYPE`], the v2 configuration GET, queued POST (after
+    /// it enqueued its blobs) and status GET with a leading `kustoDevPadding` string member (both
+    /// ignored by clients that read that far). `None` restores normal answers.
     pub fn set_oversized_answers(&self, bytes: Option<usize>) {
         self.state().oversized_answers = bytes;
     }
@@ -282,6 +335,8 @@ impl Faults {
         let mut s = self.state();
         s.statuses.clear();
         s.rest_v2_statuses.clear();
+        s.rest_v2_delays.clear();
+        s.rest_v2_lost_answers.clear();
         s.delay = Duration::ZERO;
         s.down = false;
         s.broken.clear();
@@ -340,7 +395,20 @@ impl Faults {
                 (format!("{endpoint:?}"), q.collect())
             })
             .collect();
+        let by_endpoint = |name: RestV2Endpoint| format!("{name:?}");
+        let rest_v2_delays: serde_json::Map<String, serde_json::Value> = s
+            .rest_v2_delays
+            .iter()
+            .map(|(e, d)| (by_endpoint(*e), (d.as_millis() as u64).into()))
+            .collect();
+        let rest_v2_lost: serde_json::Map<String, serde_json::Value> = s
+            .rest_v2_lost_answers
+            .iter()
+            .map(|(e, n)| (by_endpoint(*e), (*n).into()))
+            .collect();
         serde_json::json!({
+            "rest_v2_delay_ms": rest_v2_delays,
+            "lost_rest_v2_answers": rest_v2_lost,
             "pending_statuses": s.statuses.iter().map(|(st, ra)| serde_json::json!([st, ra])).collect::<Vec<_>>(),
             "pending_rest_v2_statuses": rest_v2,
             "delay_ms": s.delay.as_millis() as u64,

@@ -66,6 +66,9 @@ pub struct RestV2Request {
     pub blobs: usize,
     /// When the answer was ready (after any injected delay).
     pub at: std::time::Instant,
+    /// The request was acted on but its connection closed without an answer
+    /// ([`super::Faults::lose_rest_v2_answers`]).
+    pub answer_lost: bool,
 }
 
 /// A tracked v2 operation, kept in memory (the real DM keeps its own records).
@@ -129,13 +132,12 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    /// The endpoint [`super::Faults::push_rest_v2_statuses`] names this route by (status reads
-    /// have none).
-    fn endpoint(&self) -> Option<RestV2Endpoint> {
+    /// The endpoint the v2 faults name this route by.
+    fn endpoint(&self) -> RestV2Endpoint {
         match self {
-            Route::Configuration => Some(RestV2Endpoint::Configuration),
-            Route::Queued { .. } => Some(RestV2Endpoint::Queued),
-            Route::Status { .. } => None,
+            Route::Configuration => RestV2Endpoint::Configuration,
+            Route::Queued { .. } => RestV2Endpoint::Queued,
+            Route::Status { .. } => RestV2Endpoint::Status,
         }
     }
 }
@@ -189,22 +191,23 @@ pub(crate) async fn handle(
         .get("authorization")
         .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string());
 
-    // The same order as `POST /v1/rest/mgmt`: a slow or down DM is so for every endpoint.
-    let delay = state.faults.delay();
+    // The same order as `POST /v1/rest/mgmt`: a slow or down DM is so for every endpoint; a slow
+    // endpoint on top of that.
+    let endpoint = route.endpoint();
+    let delay = state.faults.delay() + state.faults.rest_v2_delay(endpoint);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let is_configuration = matches!(route, Route::Configuration);
     let mut blobs = 0;
+    // Only a request the emulator acted on (not down, authenticated, no injected status) can
+    // have its answer lost.
+    let mut acted = false;
     let (status, value) = if state.faults.is_down() {
         (503, to_value(tables::service_error(503, &ctx)))
     } else if let Err(reason) = state.check_bearer(authorization.as_deref()) {
         common.push(("www-authenticate", "Bearer".into()));
         (401, to_value(tables::unauthorized(&reason, &ctx)))
-    } else if let Some((status, retry_after)) = route
-        .endpoint()
-        .and_then(|endpoint| state.faults.next_rest_v2_status(endpoint))
-    {
+    } else if let Some((status, retry_after)) = state.faults.next_rest_v2_status(endpoint) {
         if let Some(secs) = retry_after {
             common.push(("retry-after", secs.to_string()));
         }
@@ -215,6 +218,7 @@ pub(crate) async fn handle(
         };
         (status, to_value(body))
     } else {
+        acted = true;
         match route {
             Route::Configuration => (200, configuration(&state)),
             Route::Queued { database, table } => {
@@ -229,26 +233,43 @@ pub(crate) async fn handle(
             } => operation_status(&state, &database, &table, &operation, query, &ctx),
         }
     };
+    let answer_lost = acted && state.faults.take_lost_answer(endpoint);
     state.v2().requests.push(RestV2Request {
         method: method.to_string(),
         path: path.to_string(),
         status,
         blobs,
         at: std::time::Instant::now(),
+        answer_lost,
     });
+    if answer_lost {
+        return lost_answer();
+    }
     match state.faults.oversized_answers() {
-        Some(min_bytes) if is_configuration && status == 200 => padded(&value, min_bytes, &common),
+        Some(min_bytes) if status == 200 => padded(&value, min_bytes, &common),
         _ => reply::json(status, &value, &common),
     }
 }
 
-/// Characters of one padding chunk of an oversized configuration.
+/// An answer whose body fails before its first byte: hyper then closes the connection without
+/// writing the response head, so the client sees the connection drop after sending its request.
+fn lost_answer() -> Response {
+    use warp::Reply as _;
+    let failing = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other(
+            "kusto-dev: answer lost (Faults::lose_rest_v2_answers)",
+        ))
+    });
+    warp::reply::stream(failing).into_response()
+}
+
+/// Characters of one padding chunk of an oversized answer.
 const PADDING_FILL: usize = 16 * 1024;
 
 /// `value` (a JSON object) with a leading `"kustoDevPadding"` string member that makes the body at
 /// least `min_bytes` long, streamed chunked without `Content-Length` (as the oversized
 /// `.get ingestion resources` is): a client that ignores unknown members reads the same
-/// configuration, if it reads that much.
+/// answer, if it reads that much.
 fn padded(value: &Value, min_bytes: usize, headers: &[(&str, String)]) -> Response {
     let json = value.to_string();
     let Some(members) = json.strip_prefix('{') else {
