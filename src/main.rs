@@ -3,6 +3,18 @@ use kusto_ingest_api::settings::Settings;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's start-up options (`_RJEM_MALLOC_CONF` in the environment adds to them). One arena:
+/// the handler has a couple of worker threads whose allocations are freed on each other's
+/// threads; per-thread caches take the contention away, and separate arenas only added RSS
+/// (measured in BENCHMARKS.md).
+#[cfg(not(target_env = "msvc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // stdout is captured by the Functions host and shipped to Application Insights.
