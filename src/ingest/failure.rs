@@ -46,6 +46,10 @@ pub(crate) enum FailureCode {
     IngestionOutcomeUnknown,
 }
 
+/// What an `unknown` outcome tells the caller about sending the blob again, whichever backend
+/// lost the answer.
+pub(crate) const UNKNOWN_OUTCOME_ADVICE: &str = "Ingestion is at least once: sending the blob again may ingest it twice, unless the request sets \"idempotent\": true with the same sourceId";
+
 impl FailureCode {
     pub(crate) fn as_str(self) -> &'static str {
         match self {

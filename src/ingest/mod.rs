@@ -9,7 +9,7 @@ mod failure;
 mod status;
 
 pub(crate) use deadline::Deadline;
-pub(crate) use failure::{BlobFailure, DEFAULT_RETRY_AFTER, FailureCode};
+pub(crate) use failure::{BlobFailure, DEFAULT_RETRY_AFTER, FailureCode, UNKNOWN_OUTCOME_ADVICE};
 pub(crate) use status::{
     BlobState, BlobStatus, Counts, OperationId, PageRequest, RestV2Operation, StatusPage, Tracked,
 };

@@ -17,7 +17,9 @@ use super::message::{EncodeError, IngestionMessage, QueueText, StatusInTable};
 use super::pool::PostError;
 use super::ranking::AccountRanking;
 use crate::dm::DmError;
-use crate::ingest::{BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode};
+use crate::ingest::{
+    BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode, UNKNOWN_OUTCOME_ADVICE,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -91,7 +93,7 @@ impl DmQueues {
                 BlobOutcome::Unknown(BlobFailure::new(
                     FailureCode::QueueOutcomeUnknown,
                     format!(
-                        "the message may have been queued: a queue may have stored it, but its answer was lost ({reason}), and no other queue took it ({}). Ingestion is at least once: sending the blob again may ingest it twice, unless the request sets \"idempotent\": true with the same sourceId",
+                        "the message may have been queued: a queue may have stored it, but its answer was lost ({reason}), and no other queue took it ({}). {UNKNOWN_OUTCOME_ADVICE}",
                         failure.message
                     ),
                 ))

@@ -10,7 +10,10 @@
 use super::request;
 use crate::dm::{Call, DmClient, DmError};
 use crate::domain::DmEndpoint;
-use crate::ingest::{BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode, RestV2Operation};
+use crate::ingest::{
+    BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode, RestV2Operation,
+    UNKNOWN_OUTCOME_ADVICE,
+};
 use futures::StreamExt;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
@@ -207,7 +210,7 @@ async fn post_one(
             FailureCode::IngestionOutcomeUnknown,
             format!(
                 "the DM at {dm} accepted the batch but its answer is not the expected JSON ({e}); \
-                 the DM may have queued the blob"
+                 the DM may have queued the blob. {UNKNOWN_OUTCOME_ADVICE}"
             ),
         ))
     })?;
@@ -237,7 +240,7 @@ fn failure(error: &DmError) -> PostFailure {
         DmError::Unanswered { .. } | DmError::InvalidResponse { .. } => {
             return PostFailure::Unknown(BlobFailure::new(
                 FailureCode::IngestionOutcomeUnknown,
-                format!("{error}; the DM may have queued the blob"),
+                format!("{error}; the DM may have queued the blob. {UNKNOWN_OUTCOME_ADVICE}"),
             ));
         }
         DmError::Identity(_) => FailureCode::IdentityUnavailable,
