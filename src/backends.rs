@@ -3,6 +3,11 @@
 //! cannot be read gets v1, as the Spark connector does (Azure/azure-kusto-spark
 //! `IngestV2ConfigurationProvider.scala`): v1 is what every cluster speaks. The triggers see one
 //! `Backend`; tracked operations and uploaded blobs go back to the backend that made them.
+//!
+//! In `auto`, a DM not known yet is asked for its configuration first and only then, if it gets
+//! v1, for v1's resources: a DM that prefers v2 is never asked for v1 resources it will not use.
+//! So a cold first request costs one DM round trip more in `auto` than in `v1` (the configuration
+//! GET, then the two v1 commands side by side); once cached, the choice costs nothing.
 
 use crate::data::DataSource;
 use crate::domain::{BlobUri, DmEndpoint};
