@@ -6,7 +6,7 @@ use crate::dm::{DmClient, RetryPolicy};
 use crate::eventgrid::{BlobStore, Trigger};
 use crate::http::{DataApi, IngestApi, Services};
 use crate::identity::Identity;
-use crate::queued::QueuedBackend;
+use crate::queued::{QueuedBackend, StorageConnections};
 use crate::rest_v2::RestV2Backend;
 use crate::settings::Settings;
 use std::future::Future;
@@ -25,6 +25,8 @@ pub enum StartupError {
     },
     #[error("cannot build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
+    #[error("cannot set up TLS for storage connections")]
+    StorageTls(#[source] rustls::Error),
     #[error("cannot set up the managed identity")]
     Identity(#[source] azure_core::Error),
 }
@@ -81,6 +83,7 @@ fn services(settings: Settings) -> Result<Services<Router>, StartupError> {
                 &settings.dms,
                 dm_client.clone(),
                 http.clone(),
+                Arc::new(StorageConnections::new().map_err(StartupError::StorageTls)?),
                 settings.max_concurrency,
             ),
             RestV2Backend::new(&settings.dms, dm_client, &http, settings.max_concurrency),

@@ -3,6 +3,7 @@
 //! configuration cache), and served stale while a refresh fails and the SAS is valid.
 
 use super::authorization::AuthorizationContext;
+use super::connections::StorageConnections;
 use super::pool::QueuePool;
 use super::resources::{IngestionResources, StorageRoot};
 use super::status_table::StatusTable;
@@ -97,8 +98,8 @@ pub(super) struct ResourceCache {
 struct Inner {
     dm: DmEndpoint,
     client: Arc<DmClient>,
-    /// The process's HTTP client, for the queue posts of every snapshot.
-    http: reqwest::Client,
+    /// The process's storage connections, for the queue posts of every snapshot.
+    connections: Arc<StorageConnections>,
     current: RwLock<Option<Arc<Snapshot>>>,
     /// The generation a queue reported as unauthorized (403): it is refreshed on next use, unless
     /// the SAS refetch limit holds.
@@ -108,13 +109,17 @@ struct Inner {
 }
 
 impl ResourceCache {
-    pub(super) fn new(dm: DmEndpoint, client: Arc<DmClient>, http: reqwest::Client) -> Self {
+    pub(super) fn new(
+        dm: DmEndpoint,
+        client: Arc<DmClient>,
+        connections: Arc<StorageConnections>,
+    ) -> Self {
         Self {
             flight: Flight::new(&dm),
             inner: Arc::new(Inner {
                 dm,
                 client,
-                http,
+                connections,
                 current: RwLock::new(None),
                 invalidated: AtomicU64::new(0),
                 sas_refetches: SasRefetchLimit::default(),
@@ -250,7 +255,7 @@ impl Inner {
         );
         let built = resources.and_then(|resources| {
             let token = token?;
-            let pool = QueuePool::new(&resources.queues, &self.http).map_err(|reason| {
+            let pool = QueuePool::new(&resources.queues, &self.connections).map_err(|reason| {
                 DmError::InvalidResponse {
                     endpoint: self.dm.to_string(),
                     reason,

@@ -4,6 +4,7 @@
 
 mod authorization;
 mod cache;
+mod connections;
 mod message;
 mod pool;
 mod ranking;
@@ -13,6 +14,7 @@ mod status_table;
 mod tracking;
 mod upload;
 
+pub(crate) use connections::StorageConnections;
 pub(crate) use message::creation_time_now;
 pub(crate) use ranking::AccountRanking;
 pub(crate) use resources::StorageRoot;
@@ -48,16 +50,18 @@ pub(crate) struct QueuedBackend {
 }
 
 impl QueuedBackend {
+    /// `http` serves the status table and temporary storage; queue posts go on `connections`.
     pub(crate) fn new(
         allowed: &AllowedDms,
         client: Arc<DmClient>,
         http: reqwest::Client,
+        connections: Arc<StorageConnections>,
         max_concurrency: usize,
     ) -> Self {
         let dms = allowed
             .iter()
             .map(|dm| {
-                let cache = ResourceCache::new(dm.clone(), client.clone(), http.clone());
+                let cache = ResourceCache::new(dm.clone(), client.clone(), connections.clone());
                 (dm.clone(), DmQueues::new(cache, max_concurrency))
             })
             .collect();

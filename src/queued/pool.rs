@@ -4,21 +4,24 @@
 //!
 //! A post is the request `azure_storage_queue`'s `QueueClient::send_message` sends (same URL, body
 //! bytes, `x-ms-version`, content headers; the unit tests compare with the SDK), written straight
-//! to the shared `reqwest::Client`. Measured (BENCHMARKS.md), the SDK's per-message pipeline — URL
-//! re-parsing, policy chain, XML serializer, response header maps, a `getrandom` call — cost more
-//! CPU than everything else the handler does for a blob; our message text is base64, so the body
-//! needs no XML escaping and is three string pieces.
+//! to a storage connection (`connections`). Measured (BENCHMARKS.md), the SDK's per-message
+//! pipeline — URL re-parsing, policy chain, XML serializer, response header maps, a `getrandom`
+//! call — cost more CPU than everything else the handler does for a blob; our message text is
+//! base64, so the body needs no XML escaping and is three string pieces.
 
+use super::connections::{Answer, ExchangeError, Origin, StorageConnections};
 use super::message::QueueText;
 use super::ranking::{AccountRanking, TIERS};
 use super::resources::StorageRoot;
 use crate::domain::scrub_secrets;
 use crate::ingest::Deadline;
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use http_body_util::Full;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::{Method, Request, Uri};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use url::Url;
 
 /// A message is tried on at most this many distinct queues, as the SDKs do.
 pub(crate) const MAX_QUEUE_ATTEMPTS: usize = 3;
@@ -28,7 +31,6 @@ const POST_TIMEOUT: Duration = Duration::from_secs(10);
 const STORAGE_VERSION: &str = "2026-04-06";
 const X_MS_VERSION: HeaderName = HeaderName::from_static("x-ms-version");
 const X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
-const X_MS_ERROR_CODE: &str = "x-ms-error-code";
 const APPLICATION_XML: HeaderValue = HeaderValue::from_static("application/xml");
 const QUEUE_USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("kusto-ingest-api/", env!("CARGO_PKG_VERSION")));
@@ -62,16 +64,19 @@ impl PostError {
 
 struct Target {
     resource: StorageRoot,
-    /// `{queue}/messages?{sas}`, built once.
-    put_url: Url,
+    origin: Origin,
+    /// `Host` of the posts.
+    host: HeaderValue,
+    /// `{queue path}/messages?{sas}`, built once.
+    put_path: Uri,
     /// Queue URL without its SAS, for logs.
     redacted: String,
 }
 
 /// The queues of one resource snapshot.
 pub(crate) struct QueuePool {
-    /// The process's HTTP client (see `transport`).
-    http: reqwest::Client,
+    /// The process's storage connections.
+    connections: Arc<StorageConnections>,
     targets: Vec<Target>,
     /// Indices into `targets`, interleaved across accounts (a1q1, a2q1, a1q2, …) so consecutive
     /// picks, and so retries, land on different accounts.
@@ -83,7 +88,10 @@ pub(crate) struct QueuePool {
 }
 
 impl QueuePool {
-    pub(crate) fn new(resources: &[StorageRoot], http: &reqwest::Client) -> Result<Self, String> {
+    pub(crate) fn new(
+        resources: &[StorageRoot],
+        connections: &Arc<StorageConnections>,
+    ) -> Result<Self, String> {
         let mut targets = Vec::with_capacity(resources.len());
         for resource in resources {
             if resource.url.cannot_be_a_base() {
@@ -95,9 +103,17 @@ impl QueuePool {
             let mut put_url = resource.url.clone();
             let path = format!("{}/messages", put_url.path().trim_end_matches('/'));
             put_url.set_path(&path);
+            let invalid = |e: &dyn std::fmt::Display| format!("queue {}: {e}", resource.redacted());
+            let origin = Origin::of(&put_url).map_err(|e| invalid(&e))?;
+            let host = HeaderValue::try_from(origin.authority()).map_err(|e| invalid(&e))?;
+            let put_path =
+                Uri::try_from(&put_url[url::Position::BeforePath..url::Position::AfterQuery])
+                    .map_err(|e| invalid(&e))?;
             targets.push(Target {
                 resource: resource.clone(),
-                put_url,
+                origin,
+                host,
+                put_path,
                 redacted: resource.redacted(),
             });
         }
@@ -126,7 +142,7 @@ impl QueuePool {
             })
             .collect();
         Ok(Self {
-            http: http.clone(),
+            connections: connections.clone(),
             targets,
             interleaved,
             accounts: by_account.into_iter().map(|(a, _)| a).collect(),
@@ -171,48 +187,34 @@ impl QueuePool {
         text: &QueueText,
         deadline: Deadline,
     ) -> Result<(), PostError> {
-        let request = self
-            .http
-            .post(self.targets[index].put_url.clone())
-            .header(ACCEPT, APPLICATION_XML)
-            .header(CONTENT_TYPE, APPLICATION_XML)
-            .header(X_MS_VERSION, HeaderValue::from_static(STORAGE_VERSION))
-            .header(X_MS_CLIENT_REQUEST_ID, client_request_id())
-            .header(USER_AGENT, QUEUE_USER_AGENT)
-            .body(put_message_body(text));
-        let exchange = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let code = response
-                .headers()
-                .get(X_MS_ERROR_CODE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            // Read to the end so the connection goes back to the pool; the message is stored
-            // whatever happens to the rest of a 201.
-            let _ = response.bytes().await;
-            Ok::<_, reqwest::Error>((status, code))
-        };
+        let target = &self.targets[index];
+        let mut request = Request::new(Full::new(put_message_body(text)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = target.put_path.clone();
+        let headers = request.headers_mut();
+        headers.insert(HOST, target.host.clone());
+        headers.insert(ACCEPT, APPLICATION_XML);
+        headers.insert(CONTENT_TYPE, APPLICATION_XML);
+        headers.insert(X_MS_VERSION, HeaderValue::from_static(STORAGE_VERSION));
+        headers.insert(X_MS_CLIENT_REQUEST_ID, client_request_id());
+        headers.insert(USER_AGENT, QUEUE_USER_AGENT);
+        let exchange = self.connections.exchange(&target.origin, request);
+        // A post cut off by the timeout may be stored, even one still connecting (it cannot tell).
         let timeout = deadline.cap(POST_TIMEOUT);
         match tokio::time::timeout(timeout, exchange).await {
-            // The message may be on the wire or already stored.
             Err(_) => Err(PostError::Unknown(format!(
                 "no answer within {:.1} s",
                 timeout.as_secs_f64()
             ))),
-            Ok(Ok((201, _))) => Ok(()),
-            Ok(Ok((status, code))) => Err(classify(status, code.as_deref().unwrap_or(""))),
-            // The URL carries the SAS.
-            Ok(Err(error)) => {
-                let connect = error.is_connect();
-                let text = scrub_secrets(&crate::domain::describe_error(&error.without_url()));
-                // A connection never made sent nothing; anything later may have come after the
-                // queue stored the message.
-                if connect {
-                    Err(PostError::Unavailable(text))
-                } else {
-                    Err(PostError::Unknown(text))
-                }
+            Ok(Ok(Answer { status: 201, .. })) => Ok(()),
+            Ok(Ok(Answer { status, error_code })) => {
+                Err(classify(status, error_code.as_deref().unwrap_or("")))
+            }
+            Ok(Err(ExchangeError::NotSent(reason))) => {
+                Err(PostError::Unavailable(scrub_secrets(&reason)))
+            }
+            Ok(Err(ExchangeError::AnswerLost(reason))) => {
+                Err(PostError::Unknown(scrub_secrets(&reason)))
             }
         }
     }
@@ -258,8 +260,8 @@ fn classify(status: u16, code: &str) -> PostError {
 mod tests {
     use super::*;
 
-    fn test_transport() -> reqwest::Client {
-        crate::transport::http_client().unwrap()
+    fn test_transport() -> Arc<StorageConnections> {
+        Arc::new(StorageConnections::new().unwrap())
     }
 
     fn resources(spec: &[(&str, &str)]) -> Vec<StorageRoot> {
@@ -349,10 +351,8 @@ mod tests {
     fn put_url_is_the_queue_url_plus_messages() {
         let queues = resources(&[("a", "q1")]);
         let pool = QueuePool::new(&queues, &test_transport()).unwrap();
-        assert_eq!(
-            pool.targets[0].put_url.as_str(),
-            "https://a.queue.core.windows.net/q1/messages?sig=s"
-        );
+        assert_eq!(pool.targets[0].put_path, "/q1/messages?sig=s");
+        assert_eq!(pool.targets[0].host, "a.queue.core.windows.net");
     }
 
     #[test]
