@@ -11,7 +11,7 @@ mod text;
 pub(crate) use blob_uri::BlobUri;
 pub(crate) use dm_endpoint::{AllowedDms, DmEndpoint};
 pub(crate) use names::{DatabaseName, TableName};
-pub(crate) use source_id::SourceId;
+pub(crate) use source_id::{SourceId, random_uuid};
 pub(crate) use text::{clip, describe_error, json_kind, redact_url, scrub_secrets};
 
 /// Why a domain value was rejected; the caller adds which field it came from.

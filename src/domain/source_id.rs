@@ -4,13 +4,19 @@ use super::{DomainError, err};
 use std::fmt;
 use uuid::Uuid;
 
+/// A random (v4) UUID from the thread's RNG, which the OS seeds: `Uuid::new_v4` makes a
+/// `getrandom` system call each time, and ids are made per blob and per queue post.
+pub(crate) fn random_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
 /// `IngestionSourceId` of the ingestion message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceId(Uuid);
 
 impl SourceId {
     pub(crate) fn new_random() -> Self {
-        Self(Uuid::new_v4())
+        Self(random_uuid())
     }
 
     pub(crate) fn parse(raw: &str) -> Result<Self, DomainError> {
@@ -50,5 +56,12 @@ mod tests {
             SourceId::derived_from(&ns, "e1"),
             SourceId::derived_from(&ns, "e2")
         );
+    }
+
+    #[test]
+    fn random_ids_are_distinct_v4_uuids() {
+        let (a, b) = (SourceId::new_random(), SourceId::new_random());
+        assert_ne!(a, b);
+        assert_eq!(a.0.get_version_num(), 4);
     }
 }

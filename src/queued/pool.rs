@@ -231,10 +231,9 @@ fn put_message_body(text: &QueueText) -> Bytes {
     Bytes::from(body)
 }
 
-/// A random (v4) `x-ms-client-request-id`, as the SDK sends, from the thread's RNG rather than a
-/// `getrandom` system call per message.
+/// A random (v4) `x-ms-client-request-id`, as the SDK sends.
 fn client_request_id() -> HeaderValue {
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let id = crate::domain::random_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
     let id = id.hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static(""))
