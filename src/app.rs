@@ -56,8 +56,8 @@ impl Application {
     }
 }
 
-/// Every service, each given only what it uses. One HTTP client serves the DM, the queues, the
-/// identity endpoint and storage (see `transport`).
+/// Every service, each given only what it uses. One reqwest client serves the DM, the identity
+/// endpoint and storage (see `transport`); queue posts go on `queued::StorageConnections`.
 fn services(settings: Settings) -> Result<Services<Router>, StartupError> {
     for warning in settings.authorization.warnings() {
         tracing::warn!("{warning}");

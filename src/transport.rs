@@ -1,6 +1,7 @@
-//! The one HTTP client of the process, shared by the DM client, the queue clients and the
-//! managed-identity credential: building a client loads the root certificates (milliseconds of
-//! CPU), and sharing one keeps its connection pool across resource refreshes.
+//! The process's reqwest client, shared by the DM client, the managed-identity credential, the
+//! status table and the blob SDK: building a client loads the root certificates (milliseconds of
+//! CPU), and sharing one keeps its connection pool across resource refreshes. Queue posts have
+//! connections of their own (`queued::connections`).
 
 use std::sync::Arc;
 use std::time::Duration;
