@@ -8,15 +8,13 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's start-up options (`_RJEM_MALLOC_CONF` in the environment adds to them). One arena:
-/// the handler has a couple of worker threads whose allocations are freed on each other's
-/// threads; per-thread caches take the contention away, and separate arenas only added RSS
-/// (measured in BENCHMARKS.md).
+/// memory allocated on one of the handler's threads is often freed on another; per-thread caches
+/// take the contention away, and separate arenas only added RSS (measured in BENCHMARKS.md).
 #[cfg(not(target_env = "msvc"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // stdout is captured by the Functions host and shipped to Application Insights.
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
@@ -30,6 +28,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads())
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(settings)),
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            eprintln!("error: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {

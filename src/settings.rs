@@ -30,6 +30,7 @@ const ALLOWED_TARGETS: &str = "INGEST_ALLOWED_TARGETS";
 const ALLOWED_BLOB_SOURCES: &str = "INGEST_ALLOWED_BLOB_SOURCES";
 const ALLOW_BLOB_CREDENTIALS: &str = "INGEST_ALLOW_BLOB_CREDENTIALS";
 const CALLER_ROLES: &str = "INGEST_CALLER_ROLES";
+const WORKER_THREADS: &str = "INGEST_WORKER_THREADS";
 /// An account or container SAS (`sv=…&sig=…`) for reading blob metadata from a loopback storage
 /// endpoint (Azurite); see [`crate::local`].
 const LOCAL_BLOB_SAS: &str = "INGEST_LOCAL_BLOB_SAS";
@@ -67,6 +68,7 @@ pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_CONCURRENCY: usize = 64;
 /// As host.json's `extensions.http.maxConcurrentRequests`.
 pub(crate) const DEFAULT_MAX_REQUESTS: usize = 64;
+const DEFAULT_WORKER_THREADS: usize = 1;
 const DEFAULT_PORT: u16 = 3000;
 /// Well under the 230 s the Functions host gives an HTTP call (its front end's limit).
 const DEFAULT_REQUEST_DEADLINE: usize = 60;
@@ -111,9 +113,20 @@ pub struct Settings {
     pub(crate) max_data_bytes: u64,
     /// How long a data upload may take, its body included.
     pub(crate) data_deadline: Duration,
+    /// Threads running the handler's tasks (see [`Settings::worker_threads`]).
+    worker_threads: usize,
 }
 
 impl Settings {
+    /// Worker threads of the runtime (`INGEST_WORKER_THREADS`, default 1). The handler waits on
+    /// the network almost all the time; with a second worker every storage answer also woke the
+    /// idle one (half the handler's system calls per queued blob against real storage, measured
+    /// in BENCHMARKS.md), and a Functions instance's cores are shared with the host. More workers
+    /// only help CPU-bound work: many concurrent data uploads (gzip) on a multi-core instance.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -161,6 +174,7 @@ impl Settings {
             max_data_bytes: positive(get(MAX_DATA_BYTES), MAX_DATA_BYTES, DEFAULT_MAX_DATA_BYTES)?
                 as u64,
             data_deadline: seconds(get(DATA_DEADLINE), DATA_DEADLINE, DEFAULT_DATA_DEADLINE)?,
+            worker_threads: positive(get(WORKER_THREADS), WORKER_THREADS, DEFAULT_WORKER_THREADS)?,
             authorization: Policy::parse(
                 Names {
                     targets: ALLOWED_TARGETS,
@@ -318,6 +332,20 @@ mod tests {
         assert_eq!(s.max_blobs, DEFAULT_MAX_BLOBS);
         assert_eq!(s.token_scope, DEFAULT_TOKEN_SCOPE);
         assert_eq!(s.ingest_method, IngestMethod::Auto);
+        assert_eq!(s.worker_threads(), 1);
+    }
+
+    #[test]
+    fn worker_threads_is_a_positive_count() {
+        let with = |v: &str| {
+            settings(&[
+                ("KUSTO_INGEST_URI", "https://ingest-a.kusto.windows.net"),
+                ("INGEST_WORKER_THREADS", v),
+            ])
+        };
+        assert_eq!(with("4").unwrap().worker_threads(), 4);
+        assert_eq!(with("0").unwrap_err().name, "INGEST_WORKER_THREADS");
+        assert_eq!(with("many").unwrap_err().name, "INGEST_WORKER_THREADS");
     }
 
     #[test]
