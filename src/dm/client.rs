@@ -14,7 +14,6 @@ use crate::identity::Identity;
 use crate::transport::{CappedReadError, MAX_ANSWER_BYTES, read_capped};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use uuid::Uuid;
 
 /// The database the SDKs address management commands to; the DM ignores it for the ingestion
 /// commands.
@@ -172,39 +171,11 @@ impl DmClient {
             .token(&self.scope)
             .await
             .map_err(DmError::Identity)?;
-        let request_id = format!("KIA.execute;{}", Uuid::new_v4());
+        let request_id = format!("KIA.execute;{}", crate::domain::random_uuid());
         let started = std::time::Instant::now();
-        let mut request = self
-            .http
-            .request(call.method.clone(), &call.url)
-            .bearer_auth(token)
-            .header("Accept", "application/json")
-            .header("x-ms-client-request-id", &request_id)
-            .header("x-ms-client-version", CLIENT_VERSION_FOR_TRACING)
-            .header("x-ms-app", APPLICATION_FOR_TRACING)
-            .header("x-ms-version", "2024-12-12");
-        if let Some(body) = &call.body {
-            request = request
-                .header("Content-Type", "application/json; charset=utf-8")
-                .body(body.clone());
-        }
+        let request = self.request(call, token, &request_id);
         sent.store(true, Ordering::Release);
-        let response = request.send().await.map_err(|e| {
-            // Refused before anything was sent: safe to send again, whatever the call.
-            let refused = e.is_connect();
-            let reason = e.without_url().to_string();
-            if refused {
-                DmError::Unreachable {
-                    endpoint: endpoint.clone(),
-                    reason,
-                }
-            } else {
-                DmError::Unanswered {
-                    endpoint: endpoint.clone(),
-                    reason,
-                }
-            }
-        })?;
+        let response = request.send().await.map_err(|e| send_error(&endpoint, e))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -234,29 +205,71 @@ impl DmClient {
             }
         };
         tracing::debug!(dm = %dm, call = call.what, status, request_id, elapsed_ms = started.elapsed().as_millis() as u64, "DM call");
-        match status {
-            200 => Ok(body.to_vec()),
-            429 => Err(DmError::Throttled {
-                endpoint,
-                retry_after,
-            }),
-            401 | 403 => Err(DmError::Unauthorized {
-                endpoint,
-                status,
-                message: KustoErrorBody::summarize(&body),
-            }),
-            500..=599 => Err(DmError::Server {
-                endpoint,
-                status,
-                message: KustoErrorBody::summarize(&body),
-                retry_after,
-            }),
-            _ => Err(DmError::Rejected {
-                endpoint,
-                status,
-                message: KustoErrorBody::summarize(&body),
-            }),
+        by_status(endpoint, status, retry_after, body)
+    }
+
+    /// `call` with the app's token and the headers the SDKs send.
+    fn request(&self, call: &Call<'_>, token: String, request_id: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(call.method.clone(), &call.url)
+            .bearer_auth(token)
+            .header("Accept", "application/json")
+            .header("x-ms-client-request-id", request_id)
+            .header("x-ms-client-version", CLIENT_VERSION_FOR_TRACING)
+            .header("x-ms-app", APPLICATION_FOR_TRACING)
+            .header("x-ms-version", "2024-12-12");
+        match &call.body {
+            Some(body) => request
+                .header("Content-Type", "application/json; charset=utf-8")
+                .body(body.clone()),
+            None => request,
         }
+    }
+}
+
+/// A call that got no answer: refused before anything was sent (safe to send again, whatever
+/// the call), or sent and unanswered.
+fn send_error(endpoint: &str, error: reqwest::Error) -> DmError {
+    let refused = error.is_connect();
+    let reason = error.without_url().to_string();
+    let endpoint = endpoint.to_owned();
+    if refused {
+        DmError::Unreachable { endpoint, reason }
+    } else {
+        DmError::Unanswered { endpoint, reason }
+    }
+}
+
+/// A DM answer by its status: 200 is the body, anything else the error it stands for.
+fn by_status(
+    endpoint: String,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, DmError> {
+    match status {
+        200 => Ok(body),
+        429 => Err(DmError::Throttled {
+            endpoint,
+            retry_after,
+        }),
+        401 | 403 => Err(DmError::Unauthorized {
+            endpoint,
+            status,
+            message: KustoErrorBody::summarize(&body),
+        }),
+        500..=599 => Err(DmError::Server {
+            endpoint,
+            status,
+            message: KustoErrorBody::summarize(&body),
+            retry_after,
+        }),
+        _ => Err(DmError::Rejected {
+            endpoint,
+            status,
+            message: KustoErrorBody::summarize(&body),
+        }),
     }
 }
 

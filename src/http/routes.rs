@@ -25,21 +25,61 @@ pub(crate) fn routes<B: Backend>(
     services: Arc<Services<B>>,
 ) -> impl Filter<Extract = (Response<String>,), Error = Infallible> + Clone + Send + Sync + 'static
 {
-    let with_services = warp::any().map(move || services.clone());
-    let invocation = || warp::header::optional::<String>(summary::INVOCATION_HEADER);
-    let body = warp::header::optional::<u64>("content-length").and(warp::body::stream());
-
     // The host polls `GET /` until it answers; any answer means ready.
     let ready = warp::get()
         .and(warp::path::end())
         .map(|| json_response(200, None, String::from("{\"status\":\"ready\"}")));
 
-    let ingest = warp::post()
+    let not_found = warp::method()
+        .and(warp::path::full())
+        .map(|method: Method, path: FullPath| unmatched(&method, path.as_str()));
+
+    ready
+        .or(ingest(services.clone()))
+        .unify()
+        .or(data(services.clone()))
+        .unify()
+        .or(operation(services.clone()))
+        .unify()
+        .or(blob_created(services))
+        .unify()
+        .or(not_found)
+        .unify()
+}
+
+fn with_services<B: Backend>(
+    services: Arc<Services<B>>,
+) -> impl Filter<Extract = (Arc<Services<B>>,), Error = Infallible> + Clone {
+    warp::any().map(move || services.clone())
+}
+
+/// The host's invocation id, for the request's summary line.
+fn invocation() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>(summary::INVOCATION_HEADER)
+}
+
+/// The declared length and the body as it arrives.
+fn sized_body() -> impl Filter<
+    Extract = (
+        Option<u64>,
+        impl Stream<Item = Result<impl Buf + Send + 'static, warp::Error>> + Send + 'static,
+    ),
+    Error = warp::Rejection,
+> + Clone {
+    warp::header::optional::<u64>("content-length").and(warp::body::stream())
+}
+
+/// `POST /api/ingest`.
+fn ingest<B: Backend>(
+    services: Arc<Services<B>>,
+) -> impl Filter<Extract = (Response<String>,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+{
+    warp::post()
         .and(warp::path!("api" / "ingest"))
-        .and(with_services.clone())
+        .and(with_services(services))
         .and(warp::header::optional::<String>("x-ms-client-principal"))
         .and(invocation())
-        .and(body)
+        .and(sized_body())
         .then(
             |services: Arc<Services<B>>,
              principal: Option<String>,
@@ -66,59 +106,23 @@ pub(crate) fn routes<B: Backend>(
                     },
                 )
             },
-        );
+        )
+}
 
-    // A busy handler answers 503 like the other routes: Event Grid redelivers a failed invocation.
-    let blob_created = warp::post()
-        .and(warp::path!("BlobCreated"))
-        .and(with_services.clone())
-        .and(invocation())
-        .and(body)
-        .then(
-            |services: Arc<Services<B>>, invocation: Option<String>, length: Option<u64>, body| {
-                let budget = services.event_deadline;
-                answer(
-                    services,
-                    "BlobCreated",
-                    invocation,
-                    budget,
-                    move |services, deadline| async move {
-                        let reply = match read_limited(body, length, services.max_body_bytes).await
-                        {
-                            Ok(bytes) => {
-                                services
-                                    .trigger
-                                    .handle(
-                                        &services.backend,
-                                        &services.blob_store,
-                                        &bytes,
-                                        deadline,
-                                    )
-                                    .await
-                            }
-                            // Redelivering an oversized event would fail the same way forever:
-                            // acknowledge it.
-                            Err(error) => crate::eventgrid::rejected(&error.headline().message),
-                        };
-                        Reply {
-                            status: reply.status,
-                            retry_after: None,
-                            body: reply.body.to_string(),
-                        }
-                    },
-                )
-            },
-        );
-
-    let data = warp::post()
+/// `POST /api/ingest/{database}/{table}`: a data body.
+fn data<B: Backend>(
+    services: Arc<Services<B>>,
+) -> impl Filter<Extract = (Response<String>,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+{
+    warp::post()
         .and(warp::path!("api" / "ingest" / String / String))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<String>("content-encoding"))
         .and(warp::header::optional::<String>("x-ms-client-principal"))
         .and(invocation())
-        .and(with_services.clone())
-        .and(body)
+        .and(with_services(services))
+        .and(sized_body())
         .then(
             |database: String,
              table: String,
@@ -154,13 +158,19 @@ pub(crate) fn routes<B: Backend>(
                     },
                 )
             },
-        );
+        )
+}
 
-    let operation = warp::get()
+/// `GET /api/ingest/operations/{id}`.
+fn operation<B: Backend>(
+    services: Arc<Services<B>>,
+) -> impl Filter<Extract = (Response<String>,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+{
+    warp::get()
         .and(warp::path!("api" / "ingest" / "operations" / String))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(invocation())
-        .and(with_services)
+        .and(with_services(services))
         .then(
             |id: String, query: String, invocation: Option<String>, services: Arc<Services<B>>| {
                 let budget = services.request_deadline;
@@ -175,23 +185,55 @@ pub(crate) fn routes<B: Backend>(
                     },
                 )
             },
-        );
+        )
+}
 
-    let not_found = warp::method()
-        .and(warp::path::full())
-        .map(|method: Method, path: FullPath| unmatched(&method, path.as_str()));
-
-    ready
-        .or(ingest)
-        .unify()
-        .or(data)
-        .unify()
-        .or(operation)
-        .unify()
-        .or(blob_created)
-        .unify()
-        .or(not_found)
-        .unify()
+/// `POST /BlobCreated`. A busy handler answers 503 like the other routes: Event Grid redelivers a
+/// failed invocation.
+fn blob_created<B: Backend>(
+    services: Arc<Services<B>>,
+) -> impl Filter<Extract = (Response<String>,), Error = warp::Rejection> + Clone + Send + Sync + 'static
+{
+    warp::post()
+        .and(warp::path!("BlobCreated"))
+        .and(with_services(services))
+        .and(invocation())
+        .and(sized_body())
+        .then(
+            |services: Arc<Services<B>>, invocation: Option<String>, length: Option<u64>, body| {
+                let budget = services.event_deadline;
+                answer(
+                    services,
+                    "BlobCreated",
+                    invocation,
+                    budget,
+                    move |services, deadline| async move {
+                        let reply = match read_limited(body, length, services.max_body_bytes).await
+                        {
+                            Ok(bytes) => {
+                                services
+                                    .trigger
+                                    .handle(
+                                        &services.backend,
+                                        &services.blob_store,
+                                        &bytes,
+                                        deadline,
+                                    )
+                                    .await
+                            }
+                            // Redelivering an oversized event would fail the same way forever:
+                            // acknowledge it.
+                            Err(error) => crate::eventgrid::rejected(&error.headline().message),
+                        };
+                        Reply {
+                            status: reply.status,
+                            retry_after: None,
+                            body: reply.body.to_string(),
+                        }
+                    },
+                )
+            },
+        )
 }
 
 /// The methods a known path answers, or `None` for a path no route has. A path of four

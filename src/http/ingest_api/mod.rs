@@ -6,8 +6,10 @@ mod parse;
 use super::errors::{ApiError, ErrorDetail, Reply, nothing_queued};
 use super::results;
 use crate::authorization::{Caller, Denial, Policy, Request};
-use crate::domain::AllowedDms;
-use crate::ingest::{Backend, Batch, BlobJob, BlobOutcome, Deadline, Ingested};
+use crate::domain::{AllowedDms, DmEndpoint};
+use crate::ingest::{
+    Backend, Batch, BlobFailure, BlobJob, BlobOutcome, Deadline, Ingested, OperationId,
+};
 use crate::properties::Properties;
 use crate::request_log::{self as summary, BatchCounts};
 use uuid::Uuid;
@@ -88,58 +90,13 @@ impl IngestApi {
             operation,
         } = match backend.ingest(batch).await {
             Ok(ingested) => ingested,
-            Err(failure) => {
-                let (status, retry_after) = nothing_queued([&failure], true);
-                let headline = ErrorDetail::failure(&failure);
-                summary::record_batch(
-                    &dm,
-                    &BatchCounts {
-                        blobs: jobs.len(),
-                        queued: 0,
-                        failed: jobs.len(),
-                        unknown: 0,
-                    },
-                );
-                let outcomes = vec![BlobOutcome::Failed(failure); jobs.len()];
-                let answer = results::Answer::new(&jobs, &outcomes).error(Some(&headline));
-                return answer.reply(status, retry_after);
-            }
+            Err(failure) => return refused_whole(&dm, &jobs, failure),
         };
         if let Some(operation) = &operation {
             summary::record("operation_id", operation.encode());
             tracing::info!(operation_id = %operation.encode(), dm = %dm, blobs = jobs.len(), "tracked operation");
         }
-        let (queued, unknown, _) = results::counts(&outcomes);
-        // Any blob that may or may not be queued needs the caller to read the per-blob results.
-        let (status, retry_after, headline) = if queued == jobs.len() {
-            (202, None, None)
-        } else if queued > 0 || unknown > 0 {
-            (207, None, None)
-        } else {
-            let failures = outcomes.iter().filter_map(|o| match o {
-                BlobOutcome::Failed(f) => Some(f),
-                BlobOutcome::Queued | BlobOutcome::Unknown(_) => None,
-            });
-            let headline = failures.clone().next().map(|f| ErrorDetail {
-                message: format!("No blob was queued: {}", f.message),
-                ..ErrorDetail::failure(f)
-            });
-            let (status, retry_after) = nothing_queued(failures, false);
-            (status, retry_after, headline)
-        };
-        summary::record_batch(
-            &dm,
-            &BatchCounts {
-                blobs: jobs.len(),
-                queued,
-                failed: jobs.len() - queued - unknown,
-                unknown,
-            },
-        );
-        results::Answer::new(&jobs, &outcomes)
-            .error(headline.as_ref())
-            .operation(operation.as_ref())
-            .reply(status, retry_after)
+        answer(&dm, &jobs, &outcomes, operation.as_ref())
     }
 
     /// Checks the caller may ingest every job, before the DM or a queue is asked anything.
@@ -163,4 +120,65 @@ impl IngestApi {
             }),
         )
     }
+}
+
+/// The answer for a batch the backend took: 202 when every blob was queued, 207 when some were
+/// (or may have been), the first failure's status when none was.
+fn answer(
+    dm: &DmEndpoint,
+    jobs: &[BlobJob],
+    outcomes: &[BlobOutcome],
+    operation: Option<&OperationId>,
+) -> Reply {
+    let (queued, unknown, _) = results::counts(outcomes);
+    // Any blob that may or may not be queued needs the caller to read the per-blob results.
+    let (status, retry_after, headline) = if queued == jobs.len() {
+        (202, None, None)
+    } else if queued > 0 || unknown > 0 {
+        (207, None, None)
+    } else {
+        let failures = outcomes.iter().filter_map(|o| match o {
+            BlobOutcome::Failed(f) => Some(f),
+            BlobOutcome::Queued | BlobOutcome::Unknown(_) => None,
+        });
+        let headline = failures.clone().next().map(|f| ErrorDetail {
+            message: format!("No blob was queued: {}", f.message),
+            ..ErrorDetail::failure(f)
+        });
+        let (status, retry_after) = nothing_queued(failures, false);
+        (status, retry_after, headline)
+    };
+    summary::record_batch(
+        dm,
+        &BatchCounts {
+            blobs: jobs.len(),
+            queued,
+            failed: jobs.len() - queued - unknown,
+            unknown,
+        },
+    );
+    results::Answer::new(jobs, outcomes)
+        .error(headline.as_ref())
+        .operation(operation)
+        .reply(status, retry_after)
+}
+
+/// The answer when the backend could not take the batch at all (its DM unreachable, say): every
+/// blob failed for the same reason.
+fn refused_whole(dm: &DmEndpoint, jobs: &[BlobJob], failure: BlobFailure) -> Reply {
+    let (status, retry_after) = nothing_queued([&failure], true);
+    let headline = ErrorDetail::failure(&failure);
+    summary::record_batch(
+        dm,
+        &BatchCounts {
+            blobs: jobs.len(),
+            queued: 0,
+            failed: jobs.len(),
+            unknown: 0,
+        },
+    );
+    let outcomes = vec![BlobOutcome::Failed(failure); jobs.len()];
+    results::Answer::new(jobs, &outcomes)
+        .error(Some(&headline))
+        .reply(status, retry_after)
 }
