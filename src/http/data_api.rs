@@ -11,7 +11,7 @@ use crate::data::{DataError, DataSource, GzipBody};
 use crate::domain::{AllowedDms, DatabaseName, SourceId, TableName};
 use crate::ingest::{Backend, Batch, BlobJob, BlobOutcome, Deadline, Ingested, UploadError};
 use crate::properties::{DATA_FORMATS, Properties, PropertyBag};
-use crate::request_log::{self as summary, BatchCounts};
+use crate::request_log as summary;
 use bytes::Buf;
 use futures::Stream;
 use serde_json::Value;
@@ -168,20 +168,7 @@ impl DataApi {
             }
             Err(failure) => (vec![BlobOutcome::Failed(failure)], None),
         };
-        let (queued, unknown) = match outcomes.first() {
-            Some(BlobOutcome::Queued) => (1, 0),
-            Some(BlobOutcome::Unknown(_)) => (0, 1),
-            _ => (0, 0),
-        };
-        summary::record_batch(
-            dm,
-            &BatchCounts {
-                blobs: 1,
-                queued,
-                failed: 1 - queued - unknown,
-                unknown,
-            },
-        );
+        super::results::record_outcomes(dm, jobs.len(), &outcomes);
         let (status, retry_after, headline) = match outcomes.first() {
             Some(BlobOutcome::Queued) => (202, None, None),
             Some(BlobOutcome::Unknown(_)) => (207, None, None),

@@ -1,9 +1,10 @@
 //! The per-blob answer of `POST /api/ingest` (and of a data upload), serialized straight from the jobs and outcomes (no
 //! intermediate JSON tree).
 
-use crate::domain::{BlobUri, SourceId};
+use crate::domain::{BlobUri, DmEndpoint, SourceId};
 use crate::http::errors::{ErrorDetail, Reply};
 use crate::ingest::{BlobJob, BlobOutcome, OperationId};
+use crate::request_log::{self as summary, BatchCounts};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -66,6 +67,26 @@ pub(crate) fn counts(outcomes: &[BlobOutcome]) -> (usize, usize, usize) {
             BlobOutcome::Failed(_) => (queued, unknown, failed + 1),
         },
     )
+}
+
+/// Records the DM and the counts of `outcomes` (for `blobs` jobs; those without a `Queued` or
+/// `Unknown` outcome count as failed) in the request's summary line; returns (queued, unknown).
+pub(crate) fn record_outcomes(
+    dm: &DmEndpoint,
+    blobs: usize,
+    outcomes: &[BlobOutcome],
+) -> (usize, usize) {
+    let (queued, unknown, _) = counts(outcomes);
+    summary::record_batch(
+        dm,
+        &BatchCounts {
+            blobs,
+            queued,
+            failed: blobs - queued - unknown,
+            unknown,
+        },
+    );
+    (queued, unknown)
 }
 
 /// The answer to a request: one result per job, in order, and what the request as a whole says.

@@ -11,7 +11,7 @@ use crate::ingest::{
     Backend, Batch, BlobFailure, BlobJob, BlobOutcome, Deadline, Ingested, OperationId,
 };
 use crate::properties::Properties;
-use crate::request_log::{self as summary, BatchCounts};
+use crate::request_log as summary;
 use uuid::Uuid;
 
 /// One request as the route read it.
@@ -130,7 +130,7 @@ fn answer(
     outcomes: &[BlobOutcome],
     operation: Option<&OperationId>,
 ) -> Reply {
-    let (queued, unknown, _) = results::counts(outcomes);
+    let (queued, unknown) = results::record_outcomes(dm, jobs.len(), outcomes);
     // Any blob that may or may not be queued needs the caller to read the per-blob results.
     let (status, retry_after, headline) = if queued == jobs.len() {
         (202, None, None)
@@ -148,15 +148,6 @@ fn answer(
         let (status, retry_after) = nothing_queued(failures, false);
         (status, retry_after, headline)
     };
-    summary::record_batch(
-        dm,
-        &BatchCounts {
-            blobs: jobs.len(),
-            queued,
-            failed: jobs.len() - queued - unknown,
-            unknown,
-        },
-    );
     results::Answer::new(jobs, outcomes)
         .error(headline.as_ref())
         .operation(operation)
@@ -168,16 +159,8 @@ fn answer(
 fn refused_whole(dm: &DmEndpoint, jobs: &[BlobJob], failure: BlobFailure) -> Reply {
     let (status, retry_after) = nothing_queued([&failure], true);
     let headline = ErrorDetail::failure(&failure);
-    summary::record_batch(
-        dm,
-        &BatchCounts {
-            blobs: jobs.len(),
-            queued: 0,
-            failed: jobs.len(),
-            unknown: 0,
-        },
-    );
     let outcomes = vec![BlobOutcome::Failed(failure); jobs.len()];
+    results::record_outcomes(dm, jobs.len(), &outcomes);
     results::Answer::new(jobs, &outcomes)
         .error(Some(&headline))
         .reply(status, retry_after)
