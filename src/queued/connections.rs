@@ -189,12 +189,17 @@ impl StorageConnections {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let list = idle.entry(origin.clone()).or_default();
-        if list.len() < MAX_IDLE_PER_ORIGIN {
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        let idle_conn = Idle {
+            conn,
+            since: Instant::now(),
+        };
+        // `entry` would clone the origin (its host name) on every post.
+        match idle.get_mut(origin) {
+            Some(list) if list.len() < MAX_IDLE_PER_ORIGIN => list.push(idle_conn),
+            Some(_) => {}
+            None => {
+                idle.insert(origin.clone(), vec![idle_conn]);
+            }
         }
     }
 
