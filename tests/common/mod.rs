@@ -180,6 +180,51 @@ impl TestApp {
         dm: DmEmulator,
         extra_env: Vec<(String, String)>,
     ) -> TestApp {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("reqwest client");
+        let container = format!("data-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        azurite
+            .create_container(DATA_ACCOUNT, &container)
+            .await
+            .expect("create the test container in Azurite");
+        // A free port is only free until someone else binds it: tests run in parallel, so a
+        // handler that lost its port to another process is started again on a new one.
+        let mut attempts = 0;
+        let (port, child, log) = loop {
+            attempts += 1;
+            let (port, child, log) = Self::launch(&extra_env, &dm);
+            match Self::wait_listening(child, &log).await {
+                Ok(child) => break (port, child, log),
+                Err(child) if attempts < 5 => drop(child),
+                Err(_) => panic!(
+                    "handler lost its port {attempts} times; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                ),
+            }
+        };
+        let mut app = TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            azurite,
+            dm,
+            container,
+            protocol: Protocol::V1,
+            child: Some(child),
+            log,
+            responses: Mutex::new(Vec::new()),
+            client,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    /// Starts the handler process on a port that was free a moment ago.
+    fn launch(
+        extra_env: &[(String, String)],
+        dm: &DmEmulator,
+    ) -> (u16, Child, Arc<Mutex<Vec<String>>>) {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_handler"));
         cmd.env_clear()
@@ -193,7 +238,7 @@ impl TestApp {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in &extra_env {
+        for (k, v) in extra_env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start the handler binary");
@@ -209,29 +254,36 @@ impl TestApp {
             log.clone(),
         );
 
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("reqwest client");
-        let container = format!("data-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        azurite
-            .create_container(DATA_ACCOUNT, &container)
-            .await
-            .expect("create the test container in Azurite");
-        let mut app = TestApp {
-            address: format!("http://127.0.0.1:{port}"),
-            port,
-            azurite,
-            dm,
-            container,
-            protocol: Protocol::V1,
-            child: Some(child),
-            log,
-            responses: Mutex::new(Vec::new()),
-            client,
-        };
-        app.wait_ready().await;
-        app
+        (port, child, log)
+    }
+
+    /// Waits until the handler says it listens (so the port is its own, not another test's):
+    /// `Err` hands the child back when it exited because the port was taken meanwhile.
+    async fn wait_listening(mut child: Child, log: &Mutex<Vec<String>>) -> Result<Child, Child> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while Instant::now() < deadline {
+            let listening = log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("handler listening"));
+            if listening {
+                return Ok(child);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                // Let the readers drain what it printed before deciding why it exited.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let lost_port = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.contains("Address already in use"));
+                return if lost_port { Err(child) } else { Ok(child) };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // wait_ready reports a handler that never came up, with its log.
+        Ok(child)
     }
 
     /// The handler's process id.
