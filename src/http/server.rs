@@ -20,6 +20,10 @@ const MAX_CONNECTIONS: usize = 512;
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What in-flight requests get after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest read buffer of a connection. hyper's default (~400 KiB) is reached by any body over a
+/// few hundred KiB, and a connection holds a buffer of that size for as long as its request is
+/// handled: 64 concurrent 1,000-blob requests kept 20 MB in them (BENCHMARKS.md).
+const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// Serves `filter` on `listener` until `shutdown` completes, then drains.
 pub(crate) async fn serve<F>(
@@ -58,6 +62,7 @@ pub(crate) async fn serve<F>(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_READ_BUFFER)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -143,6 +143,15 @@ impl DmQueues {
     /// Encodes the message with `snapshot`'s identity token and posts it with failover.
     async fn attempt(&self, snapshot: &Snapshot, delivery: &mut Delivery<'_>) -> Attempt {
         let job = delivery.job;
+        // A permit for the whole failover, taken before the message is encoded: a request's
+        // blobs all wait here at once, and their texts would otherwise wait with them.
+        let Ok(permit) =
+            tokio::time::timeout_at(delivery.deadline.instant(), self.posts.acquire()).await
+        else {
+            return Attempt::Done(deadline_passed());
+        };
+        // The semaphore is never closed; without a permit the post still goes.
+        let _permit = permit.ok();
         let row_key = job.source_id.to_string();
         let message = IngestionMessage {
             source_id: job.source_id,
@@ -170,15 +179,9 @@ impl DmQueues {
                 return Attempt::Done(failed(code, error.to_string()));
             }
         };
-        // A permit for the whole failover.
-        let Ok(permit) =
-            tokio::time::timeout_at(delivery.deadline.instant(), self.posts.acquire()).await
-        else {
-            return Attempt::Done(deadline_passed());
-        };
-        // The semaphore is never closed; without a permit the post still goes.
-        let _permit = permit.ok();
-        match self.post_with_failover(snapshot, delivery, text).await {
+        // Boxed: a blob waiting for its permit then holds a small future, not room for a post in
+        // flight (a request's whole window of blobs waits at once).
+        match Box::pin(self.post_with_failover(snapshot, delivery, text)).await {
             Ok(()) => Attempt::Done(BlobOutcome::Queued),
             Err(PostError::AuthenticationFailed(reason)) => Attempt::SasRefused(reason),
             Err(PostError::Rejected(reason)) => Attempt::Done(failed(
