@@ -144,21 +144,31 @@ impl StorageConnections {
         })
     }
 
-    /// Sends `request` to `origin` on an idle connection, or a new one, and reads the answer.
-    /// A pooled connection the server closed before the request was written is replaced once.
+    /// Sends `request` to `origin` on an idle connection, or a new one, and reads the answer, all
+    /// `within` the given time. A pooled connection the server closed before the request was
+    /// written is replaced once. Running out of time while still connecting is `NotSent`: unlike a
+    /// timeout around the whole exchange, that outcome is certain.
     pub(crate) async fn exchange(
         &self,
         origin: &Origin,
         mut request: hyper::Request<Full<Bytes>>,
+        within: Duration,
     ) -> Result<Answer, ExchangeError> {
+        let by = tokio::time::Instant::now() + within;
         let mut pooled = self.checkout(origin);
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => self.connect(origin).await?,
+                None => self.connect(origin, by).await?,
             };
-            match drive(&mut conn, request).await {
+            let Ok(driven) = tokio::time::timeout_at(by, drive(&mut conn, request)).await else {
+                return Err(ExchangeError::AnswerLost(format!(
+                    "no answer within {:.1} s",
+                    within.as_secs_f64()
+                )));
+            };
+            match driven {
                 Driven::Answered { answer, reusable } => {
                     if reusable {
                         self.checkin(origin, conn);
@@ -203,7 +213,12 @@ impl StorageConnections {
         }
     }
 
-    async fn connect(&self, origin: &Origin) -> Result<Conn, ExchangeError> {
+    /// A new connection by `by` at the latest, and within [`CONNECT_TIMEOUT`].
+    async fn connect(
+        &self,
+        origin: &Origin,
+        by: tokio::time::Instant,
+    ) -> Result<Conn, ExchangeError> {
         let not_sent = |what: &str, e: &dyn std::fmt::Display| {
             ExchangeError::NotSent(format!("{what} {}: {e}", origin.authority()))
         };
@@ -232,12 +247,13 @@ impl StorageConnections {
                 .map_err(|e| not_sent("TLS handshake with", &e))?;
             Ok(Stream::Tls(Box::new(tls)))
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let limit = (by - tokio::time::Instant::now()).min(CONNECT_TIMEOUT);
+        let stream = tokio::time::timeout(limit, connecting)
             .await
             .map_err(|_| {
                 not_sent(
                     "cannot connect to",
-                    &format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+                    &format!("no connection within {:.1} s", limit.as_secs_f64()),
                 )
             })??;
         let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -387,6 +403,7 @@ mod tests {
 
     /// A CA and a `localhost`/127.0.0.1 certificate it issued, valid until 2126.
     const CA: &[u8] = include_bytes!("testdata/ca.der");
+    const WITHIN: Duration = Duration::from_secs(10);
     const LEAF: &[u8] = include_bytes!("testdata/leaf.der");
     const LEAF_KEY: &[u8] = include_bytes!("testdata/leaf.key.der");
 
@@ -453,7 +470,7 @@ mod tests {
         let origin = origin(&format!("https://localhost:{port}/q"));
         for _ in 0..3 {
             let answer = connections
-                .exchange(&origin, post("/q/messages?sig=s", &origin))
+                .exchange(&origin, post("/q/messages?sig=s", &origin), WITHIN)
                 .await
                 .unwrap();
             assert_eq!(
@@ -477,7 +494,7 @@ mod tests {
         let connections = StorageConnections::new().unwrap();
         let origin = origin(&format!("https://localhost:{port}/q"));
         let error = connections
-            .exchange(&origin, post("/q/messages", &origin))
+            .exchange(&origin, post("/q/messages", &origin), WITHIN)
             .await
             .unwrap_err();
         assert!(
@@ -520,7 +537,7 @@ mod tests {
         let origin = origin(&format!("http://127.0.0.1:{port}/q"));
         for _ in 0..2 {
             let answer = connections
-                .exchange(&origin, post("/q/messages", &origin))
+                .exchange(&origin, post("/q/messages", &origin), WITHIN)
                 .await
                 .unwrap();
             assert_eq!(answer.status, 201);
@@ -536,7 +553,7 @@ mod tests {
         let connections = StorageConnections::new().unwrap();
         let origin = origin(&format!("http://127.0.0.1:{port}/q"));
         let error = connections
-            .exchange(&origin, post("/q/messages", &origin))
+            .exchange(&origin, post("/q/messages", &origin), WITHIN)
             .await
             .unwrap_err();
         assert!(matches!(error, ExchangeError::AnswerLost(_)), "{error:?}");
@@ -551,7 +568,7 @@ mod tests {
         let connections = StorageConnections::new().unwrap();
         let busy = origin(&format!("http://127.0.0.1:{port}/q"));
         let answer = connections
-            .exchange(&busy, post("/q/messages", &busy))
+            .exchange(&busy, post("/q/messages", &busy), WITHIN)
             .await
             .unwrap();
         assert_eq!(answer.error_code.as_deref(), Some("ServerBusy"));
@@ -563,10 +580,53 @@ mod tests {
         ));
         drop(closed);
         let error = connections
-            .exchange(&nobody, post("/q/messages", &nobody))
+            .exchange(&nobody, post("/q/messages", &nobody), WITHIN)
             .await
             .unwrap_err();
         assert!(matches!(error, ExchangeError::NotSent(_)), "{error:?}");
+    }
+
+    /// Accepts connections and holds them, reading everything and answering nothing.
+    async fn silent_server() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn out_of_time_while_connecting_is_not_sent_and_after_sending_is_an_answer_lost() {
+        let port = silent_server().await;
+        let connections = StorageConnections::new().unwrap();
+        // TLS: the server never answers the handshake, so the request is never written.
+        let tls = origin(&format!("https://127.0.0.1:{port}/q"));
+        let error = connections
+            .exchange(&tls, post("/q/messages", &tls), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ExchangeError::NotSent(m) if m.contains("no connection within 0.3 s")),
+            "{error:?}"
+        );
+        // Plain HTTP: the request goes out at once and no answer comes.
+        let plain = origin(&format!("http://127.0.0.1:{port}/q"));
+        let error = connections
+            .exchange(
+                &plain,
+                post("/q/messages", &plain),
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ExchangeError::AnswerLost(m) if m.contains("no answer within 0.3 s")),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -198,22 +198,21 @@ impl QueuePool {
         headers.insert(X_MS_VERSION, HeaderValue::from_static(STORAGE_VERSION));
         headers.insert(X_MS_CLIENT_REQUEST_ID, client_request_id());
         headers.insert(USER_AGENT, QUEUE_USER_AGENT);
-        let exchange = self.connections.exchange(&target.origin, request);
-        // A post cut off by the timeout may be stored, even one still connecting (it cannot tell).
-        let timeout = deadline.cap(POST_TIMEOUT);
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(PostError::Unknown(format!(
-                "no answer within {:.1} s",
-                timeout.as_secs_f64()
-            ))),
-            Ok(Ok(Answer { status: 201, .. })) => Ok(()),
-            Ok(Ok(Answer { status, error_code })) => {
+        let within = deadline.cap(POST_TIMEOUT);
+        match self
+            .connections
+            .exchange(&target.origin, request, within)
+            .await
+        {
+            Ok(Answer { status: 201, .. }) => Ok(()),
+            Ok(Answer { status, error_code }) => {
                 Err(classify(status, error_code.as_deref().unwrap_or("")))
             }
-            Ok(Err(ExchangeError::NotSent(reason))) => {
+            Err(ExchangeError::NotSent(reason)) => {
                 Err(PostError::Unavailable(scrub_secrets(&reason)))
             }
-            Ok(Err(ExchangeError::AnswerLost(reason))) => {
+            // Cut off by the timeout after it was sent, too: it may be stored.
+            Err(ExchangeError::AnswerLost(reason)) => {
                 Err(PostError::Unknown(scrub_secrets(&reason)))
             }
         }
