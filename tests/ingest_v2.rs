@@ -657,6 +657,45 @@ async fn a_data_body_larger_than_max_data_size_is_413_and_nothing_is_queued() {
     assert_eq!(queued_posts(&app), vec![1]);
 }
 
+#[tokio::test]
+async fn a_data_body_announced_larger_than_max_data_size_is_413_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .emulator(|c| c.rest_v2.max_data_size = SMALL_MAX_DATA_SIZE)
+        .start()
+        .await;
+    // 5,000 bytes announced, 100 sent: only an answer from the announced size can come now.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/ingest/testdb/events?format=csv HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         x-functions-key: {FUNCTION_KEY}\r\nContent-Type: text/csv\r\nContent-Length: 5000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[b'1'; 100]).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&answer).contains("maxDataSize") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "no answer while the body was incomplete: {answer}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("DataTooLarge"), "{answer}");
+    assert!(queued_posts(&app).is_empty(), "nothing posted");
+}
+
 #[test]
 fn a_bad_method_stops_start_up_naming_the_setting() {
     let (status, output) = run_to_exit(&[

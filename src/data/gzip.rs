@@ -46,6 +46,8 @@ pub(crate) struct GzipBody<S> {
     /// Uncompressed bytes.
     raw: u64,
     max: u64,
+    /// The `Content-Length` of a body that arrives uncompressed.
+    announced_raw: Option<u64>,
     done: bool,
 }
 
@@ -68,7 +70,21 @@ where
             received: 0,
             raw: 0,
             max,
+            announced_raw: None,
             done: false,
+        }
+    }
+
+    /// The body's `Content-Length`, if the client sent one: its uncompressed size when it is not
+    /// gzip-compressed.
+    pub(crate) fn content_length(self, length: Option<u64>) -> Self {
+        let announced_raw = match self.mode {
+            Mode::Compress(_) => length,
+            Mode::PassThrough(_) => None,
+        };
+        Self {
+            announced_raw,
+            ..self
         }
     }
 
@@ -167,6 +183,10 @@ where
 
     fn raw_size(&self) -> u64 {
         self.raw
+    }
+
+    fn announced_raw_size(&self) -> Option<u64> {
+        self.announced_raw
     }
 }
 

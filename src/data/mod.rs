@@ -36,4 +36,8 @@ pub(crate) trait DataSource: Send {
 
     /// Uncompressed bytes so far; exact once `next_chunk` has answered `None`.
     fn raw_size(&self) -> u64;
+
+    /// The uncompressed size the client announced before sending any of it (the `Content-Length`
+    /// of a body that is not gzip-compressed), so that a limit can refuse it up front.
+    fn announced_raw_size(&self) -> Option<u64>;
 }

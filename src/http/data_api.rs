@@ -111,7 +111,8 @@ impl DataApi {
             .content_encoding
             .as_deref()
             .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"));
-        let mut source = GzipBody::new(request.body, gzip_input, self.max_bytes);
+        let mut source = GzipBody::new(request.body, gzip_input, self.max_bytes)
+            .content_length(request.content_length);
         let name = blob_name(&parsed);
         let blob = match backend.upload(&dm, &name, &mut source, deadline).await {
             Ok(blob) => blob,

@@ -261,7 +261,8 @@ impl Backend for RestV2Backend {
 }
 
 /// A data body refused as soon as more of it has arrived (uncompressed) than the DM's
-/// `maxDataSize`: before its blob is committed, so nothing is queued and nothing is left behind.
+/// `maxDataSize`, or before any of it is read when its announced size is over: before its blob is
+/// committed, so nothing is queued and nothing is left behind.
 struct WithinDmLimit<'a> {
     inner: &'a mut dyn DataSource,
     max: u64,
@@ -274,6 +275,13 @@ impl DataSource for WithinDmLimit<'_> {
         Box<dyn std::future::Future<Output = Result<Option<bytes::Bytes>, DataError>> + Send + '_>,
     > {
         Box::pin(async move {
+            if self
+                .inner
+                .announced_raw_size()
+                .is_some_and(|n| n > self.max)
+            {
+                return Err(DataError::OverDmLimit { max: self.max });
+            }
             let chunk = self.inner.next_chunk().await?;
             if self.inner.raw_size() > self.max {
                 return Err(DataError::OverDmLimit { max: self.max });
@@ -284,6 +292,10 @@ impl DataSource for WithinDmLimit<'_> {
 
     fn raw_size(&self) -> u64 {
         self.inner.raw_size()
+    }
+
+    fn announced_raw_size(&self) -> Option<u64> {
+        self.inner.announced_raw_size()
     }
 }
 
