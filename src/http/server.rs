@@ -22,7 +22,8 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest read buffer of a connection. hyper's default (~400 KiB) is reached by any body over a
 /// few hundred KiB, and a connection holds a buffer of that size for as long as its request is
-/// handled: 64 concurrent 1,000-blob requests kept 20 MB in them (BENCHMARKS.md).
+/// handled: 64 concurrent 1,000-blob requests kept 20 MB in them (BENCHMARKS.md). A request head
+/// that fits is always read; a larger one may be refused with 431 (the host's are a few KiB).
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// Serves `filter` on `listener` until `shutdown` completes, then drains.
