@@ -403,9 +403,10 @@ mod tests {
 
     /// A CA and a `localhost`/127.0.0.1 certificate it issued, valid until 2126.
     const CA: &[u8] = include_bytes!("testdata/ca.der");
-    const WITHIN: Duration = Duration::from_secs(10);
     const LEAF: &[u8] = include_bytes!("testdata/leaf.der");
     const LEAF_KEY: &[u8] = include_bytes!("testdata/leaf.key.der");
+    /// Time for an exchange in the tests that are not about running out of it.
+    const WITHIN: Duration = Duration::from_secs(10);
 
     fn post(path: &str, origin: &Origin) -> hyper::Request<Full<Bytes>> {
         let mut request = hyper::Request::new(Full::new(Bytes::from_static(b"<QueueMessage/>")));
