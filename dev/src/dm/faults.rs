@@ -364,14 +364,22 @@ impl Faults {
         }
     }
 
-    /// Re-opens the DM listener on the same port.
+    /// Re-opens the DM listener on the same port. While it was closed, a connection from this
+    /// machine may have been given the port as its own: binding is retried for up to 5 s.
     pub fn start_dm(&self) -> Result<()> {
         let mut dm = lock(&self.inner.dm);
         let Some(sw) = dm.as_mut() else {
             return Err(Error::Emulator("DM emulator is shut down".into()));
         };
-        if sw.server.is_none() {
-            sw.server = Some(Server::bind(&sw.rt, sw.port, sw.routes.clone())?);
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while sw.server.is_none() {
+            match Server::bind(&sw.rt, sw.port, sw.routes.clone()) {
+                Ok(server) => sw.server = Some(server),
+                Err(_) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(())
     }

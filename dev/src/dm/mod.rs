@@ -650,7 +650,6 @@ impl DmEmulator {
         self.faults.stop_dm()
     }
 
-    /// Re-opens the DM listener on the same port.
     /// Accepts the tokens `issuer`'s identity endpoint hands out too, as two DMs of one tenant
     /// accept the same managed identity's tokens: a handler pointed at `issuer`'s identity
     /// endpoint can then use this DM as a second, allowlisted one.
@@ -662,6 +661,7 @@ impl DmEmulator {
             .push(issuer.state.clone());
     }
 
+    /// Re-opens the DM listener on the same port.
     pub fn start_dm(&self) -> Result<()> {
         self.faults.start_dm()
     }
