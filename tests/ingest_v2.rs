@@ -658,6 +658,44 @@ async fn a_data_body_larger_than_max_data_size_is_413_and_nothing_is_queued() {
 }
 
 #[tokio::test]
+async fn a_data_upload_after_the_containers_sas_expired_gets_a_fresh_configuration() {
+    // The configuration asks for a refresh after an hour, but its container SAS lasts 2 s.
+    let app = TestApp::builder()
+        .env("KUSTO_INGEST_METHOD", "v2")
+        .faults(|f| f.set_sas_lifetime(Duration::from_secs(2)))
+        .start()
+        .await;
+    let upload = || async {
+        reqwest::Client::new()
+            .post(format!(
+                "{}/api/ingest/testdb/events?format=csv",
+                app.address
+            ))
+            .header("x-functions-key", FUNCTION_KEY)
+            .header("content-type", "text/csv")
+            .body("1,a\n2,b\n")
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = upload().await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = upload().await;
+    let status = second.status();
+    let text = second.text().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    assert_eq!(queued_posts(&app), vec![1, 1]);
+    let configuration_reads = app
+        .dm
+        .rest_v2_requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/ingestion/configuration"))
+        .count();
+    assert!(configuration_reads >= 2, "{configuration_reads}");
+}
+
+#[tokio::test]
 async fn a_data_body_announced_larger_than_max_data_size_is_413_before_it_is_sent() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::builder()

@@ -5,7 +5,7 @@
 use super::authorization::AuthorizationContext;
 use super::connections::StorageConnections;
 use super::pool::QueuePool;
-use super::resources::{IngestionResources, StorageRoot};
+use super::resources::{IngestionResources, StorageRoot, sas_usable_for};
 use super::status_table::StatusTable;
 use crate::dm::refresh::Flight;
 use crate::dm::{DmClient, DmError};
@@ -13,12 +13,9 @@ use crate::domain::DmEndpoint;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 
 /// The SDKs refresh both every hour; refreshing ten minutes early keeps requests off the slow path.
 const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
-/// Stale resources are not used within this margin of their SAS expiry.
-const SAS_SAFETY_MARGIN: Duration = Duration::from_secs(30);
 /// After storage refuses a SAS (403), fresh resources are fetched at most once per hold; the hold
 /// doubles while refusals keep coming (a rotated key, a SAS expired at the source), up to the
 /// maximum, so a storage-side incident does not become DM throttling.
@@ -289,16 +286,7 @@ impl Inner {
         started: Instant,
     ) {
         let now = Instant::now();
-        let sas_left = resources
-            .sas_expiry()
-            .map(|expiry| {
-                let millis = (expiry - OffsetDateTime::now_utc())
-                    .whole_milliseconds()
-                    .max(0) as u64;
-                Duration::from_millis(millis)
-            })
-            .unwrap_or(Duration::from_secs(12 * 3600));
-        let usable_for = sas_left.saturating_sub(SAS_SAFETY_MARGIN.min(sas_left / 2));
+        let usable_for = sas_usable_for(resources.sas_expiry());
         let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
         let snapshot = Arc::new(Snapshot {
             generation,

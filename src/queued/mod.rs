@@ -17,7 +17,7 @@ mod upload;
 pub(crate) use connections::StorageConnections;
 pub(crate) use message::creation_time_now;
 pub(crate) use ranking::AccountRanking;
-pub(crate) use resources::StorageRoot;
+pub(crate) use resources::{StorageRoot, sas_usable_for};
 pub(crate) use upload::upload as upload_data;
 
 use crate::data::DataSource;

@@ -7,6 +7,7 @@ use crate::dm::{DmClient, DmError};
 use crate::domain::{DmEndpoint, redact_url};
 use crate::local::{is_loopback_host, scheme_allowed};
 use std::fmt;
+use std::time::Duration;
 use time::OffsetDateTime;
 use url::Url;
 
@@ -64,6 +65,13 @@ impl StorageRoot {
             url,
             sas_expiry,
         })
+    }
+
+    /// The earliest SAS expiry among `roots`.
+    pub(crate) fn earliest_expiry<'a>(
+        roots: impl IntoIterator<Item = &'a StorageRoot>,
+    ) -> Option<OffsetDateTime> {
+        roots.into_iter().filter_map(|r| r.sas_expiry).min()
     }
 
     pub(crate) fn redacted(&self) -> String {
@@ -136,12 +144,25 @@ impl IngestionResources {
     /// The earliest SAS expiry among the queues: past it, these resources are useless.
     pub(crate) fn sas_expiry(&self) -> Option<OffsetDateTime> {
         // Temp containers count too: an upload with an expired SAS fails like a post does.
-        self.queues
-            .iter()
-            .chain(&self.temp_containers)
-            .filter_map(|r| r.sas_expiry)
-            .min()
+        StorageRoot::earliest_expiry(self.queues.iter().chain(&self.temp_containers))
     }
+}
+
+/// Stale SAS URLs are not used within this margin of their expiry.
+const SAS_SAFETY_MARGIN: Duration = Duration::from_secs(30);
+
+/// For how long SAS URLs that expire at `expiry` can be used from now: up to the safety margin
+/// before it (half their lifetime when that is shorter); 12 h when they name no expiry.
+pub(crate) fn sas_usable_for(expiry: Option<OffsetDateTime>) -> Duration {
+    let left = expiry
+        .map(|expiry| {
+            let millis = (expiry - OffsetDateTime::now_utc())
+                .whole_milliseconds()
+                .max(0) as u64;
+            Duration::from_millis(millis)
+        })
+        .unwrap_or(Duration::from_secs(12 * 3600));
+    left.saturating_sub(SAS_SAFETY_MARGIN.min(left / 2))
 }
 
 #[cfg(test)]

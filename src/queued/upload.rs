@@ -10,7 +10,7 @@
 use super::ranking::{AccountRanking, TIERS};
 use super::resources::StorageRoot;
 use crate::data::{DataError, DataSource};
-use crate::domain::{BlobUri, describe_error};
+use crate::domain::{BlobUri, clip, describe_error};
 use crate::ingest::{BlobFailure, Deadline, FailureCode, UploadError};
 use azure_core::http::{RequestContent, Transport};
 use azure_storage_blob::models::BlockLookupList;
@@ -135,7 +135,7 @@ impl Target {
         let staged = client.stage_block(&id, len, RequestContent::from(block.to_vec()), None);
         match tokio::time::timeout(deadline.cap(CALL_TIMEOUT), staged).await {
             Err(_) => Err("no answer in time".to_owned()),
-            Ok(Err(e)) => Err(describe_error(&e)),
+            Ok(Err(e)) => Err(describe_storage_error(&e)),
             Ok(Ok(_)) => Ok(()),
         }
     }
@@ -176,13 +176,27 @@ impl Target {
             )),
             Ok(Err(e)) => Err(storage_failure(format!(
                 "committing the data failed: {}",
-                describe_error(&e)
+                describe_storage_error(&e)
             ))),
             Ok(Ok(_)) => {
                 tracing::debug!(bytes = staged, blocks = self.blocks.len(), "data uploaded");
                 BlobUri::parse(&self.uri).map_err(|e| storage_failure(e.to_string()))
             }
         }
+    }
+}
+
+/// A storage answer by its status and error code (its XML body says no more that a caller can
+/// act on); anything else with its causes.
+fn describe_storage_error(error: &azure_core::Error) -> String {
+    match error.kind() {
+        azure_core::error::ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => match error_code {
+            Some(code) => format!("HTTP {}, {}", u16::from(*status), clip(code)),
+            None => format!("HTTP {}", u16::from(*status)),
+        },
+        _ => describe_error(error),
     }
 }
 

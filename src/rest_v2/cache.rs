@@ -9,6 +9,7 @@ use crate::dm::refresh::Flight;
 use crate::dm::{Call, DmClient, DmError};
 use crate::domain::DmEndpoint;
 use crate::ingest::Deadline;
+use crate::queued::{StorageRoot, sas_usable_for};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,18 @@ pub(crate) enum Known {
 struct Entry {
     known: Known,
     refresh_at: Instant,
+    /// Until when the SAS of the configuration's containers works (with a margin).
+    containers_usable_until: Instant,
+}
+
+impl Entry {
+    /// Whether data can still be uploaded with what this entry says.
+    fn uploadable(&self, now: Instant) -> bool {
+        match self.known {
+            Known::Supported(_) => now < self.containers_usable_until,
+            Known::Absent => true,
+        }
+    }
 }
 
 type Current = Arc<RwLock<Option<Arc<Entry>>>>;
@@ -55,8 +68,25 @@ impl ConfigCache {
     /// The configuration, or that there is none; an error only when nothing is known and the DM
     /// could not be asked (or `deadline` passed while waiting for the fetch).
     pub(super) async fn get(&self, deadline: Deadline) -> Result<Known, DmError> {
+        self.get_where(deadline, |_, _| true).await
+    }
+
+    /// As [`get`](Self::get), for uploading data: a copy whose containers' SAS has expired (its
+    /// refreshes failed that long) is no use, so the caller then waits for a fresh one.
+    pub(super) async fn get_for_upload(&self, deadline: Deadline) -> Result<Known, DmError> {
+        self.get_where(deadline, Entry::uploadable).await
+    }
+
+    /// The cached copy when it is `usable`, else one fetched now (waiting at most until
+    /// `deadline`).
+    async fn get_where(
+        &self,
+        deadline: Deadline,
+        usable: impl Fn(&Entry, Instant) -> bool,
+    ) -> Result<Known, DmError> {
         let now = Instant::now();
-        if let Some(entry) = self.current() {
+        let current = self.current();
+        if let Some(entry) = current.as_ref().filter(|e| usable(e, now)) {
             // Due: refreshed behind this request, which is served from the copy it has.
             if now >= entry.refresh_at && self.flight.recent_failure(now).is_none() {
                 self.start_fetch();
@@ -74,7 +104,8 @@ impl ConfigCache {
                 reason: "the configuration fetch did not finish before this request's deadline"
                     .to_owned(),
             })?;
-        if let Some(entry) = self.current() {
+        let fetched = self.current();
+        if let Some(entry) = fetched.filter(|e| usable(e, Instant::now())) {
             return Ok(entry.known.clone());
         }
         Err(self
@@ -82,7 +113,7 @@ impl ConfigCache {
             .last_failure()
             .unwrap_or_else(|| DmError::Unreachable {
                 endpoint: self.dm.to_string(),
-                reason: "the configuration fetch ended without an answer".to_owned(),
+                reason: "the configuration fetch ended without a usable answer".to_owned(),
             }))
     }
 
@@ -105,23 +136,29 @@ async fn fetch(dm: &DmEndpoint, client: &DmClient, current: &Current) -> Result<
     let result = match client.call(dm, &call, None, true).await {
         Ok(body) => Configuration::parse(&body)
             .map(|c| {
-                let refresh = c.refresh;
-                (Known::Supported(Arc::new(c)), refresh)
+                let usable_for = sas_usable_for(StorageRoot::earliest_expiry(&c.containers));
+                // Refresh well before the containers' SAS expires, even when it is short-lived.
+                let refresh = c.refresh.min(usable_for / 2);
+                (Known::Supported(Arc::new(c)), refresh, usable_for)
             })
             .map_err(|reason| DmError::InvalidResponse {
                 endpoint: dm.to_string(),
                 reason,
             }),
-        Err(DmError::Rejected { status: 404, .. }) => Ok((Known::Absent, ABSENT_RECHECK)),
+        Err(DmError::Rejected { status: 404, .. }) => {
+            Ok((Known::Absent, ABSENT_RECHECK, ABSENT_RECHECK))
+        }
         Err(error) => Err(error),
     };
     let stale = current.read().ok().is_some_and(|c| c.is_some());
     match result {
-        Ok((known, refresh)) => {
+        Ok((known, refresh, usable_for)) => {
+            let now = Instant::now();
             if let Ok(mut current) = current.write() {
                 *current = Some(Arc::new(Entry {
                     known,
-                    refresh_at: Instant::now() + refresh,
+                    refresh_at: now + refresh,
+                    containers_usable_until: now + usable_for,
                 }));
             }
             Ok(())
@@ -228,10 +265,69 @@ mod tests {
                 *current = Some(Arc::new(Entry {
                     known: entry.known.clone(),
                     refresh_at: Instant::now(),
+                    containers_usable_until: entry.containers_usable_until,
                 }));
             }
             self.flight.forget_failure();
         }
+    }
+
+    /// A configuration whose one container's SAS expires `secs` from now.
+    fn expiring_in(secs: i64) -> &'static str {
+        let se = (time::OffsetDateTime::now_utc() + time::Duration::seconds(secs))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let body = format!(
+            r#"{{"containerSettings": {{"containers": [{{"path": "https://acc.blob.core.windows.net/c?se={se}&sig=x"}}],
+               "refreshInterval": "01:00:00"}},
+              "ingestionSettings": {{"maxBlobsPerBatch": 20, "preferredIngestionMethod": "REST"}}}}"#
+        );
+        Box::leak(body.into_boxed_str())
+    }
+
+    #[tokio::test]
+    async fn a_short_lived_container_sas_brings_the_refresh_forward() {
+        let (_dm, cache) = fake_dm(200, expiring_in(120)).await;
+        cache.get(deadline()).await.unwrap();
+        let entry = cache.current().unwrap();
+        // Usable until 30 s before the expiry; refreshed halfway there, not after an hour.
+        let usable = entry.containers_usable_until - Instant::now();
+        assert!(usable > Duration::from_secs(85) && usable <= Duration::from_secs(90));
+        let refresh = entry.refresh_at - Instant::now();
+        assert!(refresh > Duration::from_secs(40) && refresh <= Duration::from_secs(45));
+    }
+
+    #[tokio::test]
+    async fn an_upload_waits_for_a_fresh_copy_once_the_containers_sas_expired() {
+        // The DM hands out a container SAS that has already expired (as a copy whose refreshes
+        // kept failing would hold).
+        let (dm, cache) = fake_dm(200, expiring_in(-10)).await;
+        let stale = cache.get(deadline()).await.unwrap();
+        // Posting blob URLs does not need the containers: the copy serves.
+        let served = cache.get(deadline()).await.unwrap();
+        assert!(Arc::ptr_eq(supported(&stale), supported(&served)));
+        cache.flight.settled().await;
+        // Uploading does: it waits for a fetch, here one whose SAS works for an hour.
+        dm.answer(200, expiring_in(3600));
+        let hits = dm.hits();
+        let fresh = cache.get_for_upload(deadline()).await.unwrap();
+        assert!(!Arc::ptr_eq(supported(&stale), supported(&fresh)));
+        assert_eq!(dm.hits(), hits + 1);
+        // Usable now: the next upload is served from it.
+        cache.get_for_upload(deadline()).await.unwrap();
+        assert_eq!(dm.hits(), hits + 1);
+
+        // While the DM fails, an upload gets its error rather than an expired SAS.
+        let (dm, cache) = fake_dm(200, expiring_in(-10)).await;
+        cache.get(deadline()).await.unwrap();
+        cache.flight.settled().await;
+        dm.answer(503, "{}");
+        cache.expire();
+        assert!(cache.get_for_upload(deadline()).await.is_err());
+        assert!(
+            cache.get(deadline()).await.is_ok(),
+            "posts still get the copy"
+        );
     }
 
     #[tokio::test]

@@ -83,11 +83,21 @@ impl RestV2Backend {
         dm: &DmEndpoint,
         deadline: Deadline,
     ) -> Result<Known, BlobFailure> {
-        self.dm(dm)?
-            .configuration
-            .get(deadline)
-            .await
-            .map_err(|e| {
+        self.known_for(dm, deadline, Purpose::Post).await
+    }
+
+    async fn known_for(
+        &self,
+        dm: &DmEndpoint,
+        deadline: Deadline,
+        purpose: Purpose,
+    ) -> Result<Known, BlobFailure> {
+        let cache = &self.dm(dm)?.configuration;
+        let known = match purpose {
+            Purpose::Post => cache.get(deadline).await,
+            Purpose::Upload => cache.get_for_upload(deadline).await,
+        };
+        known.map_err(|e| {
                 // As v1 says when its resources do not come in time: the caller's own deadline
                 // ended the wait, whatever the DM was doing meanwhile.
                 if deadline.expired() && e.is_transient() {
@@ -108,8 +118,9 @@ impl RestV2Backend {
         &self,
         dm: &DmEndpoint,
         deadline: Deadline,
+        purpose: Purpose,
     ) -> Result<Arc<configuration::Configuration>, BlobFailure> {
-        match self.known(dm, deadline).await? {
+        match self.known_for(dm, deadline, purpose).await? {
             Known::Supported(c) => Ok(c),
             Known::Absent => Err(BlobFailure::new(
                 FailureCode::DataManagementRejected,
@@ -127,7 +138,7 @@ impl Backend for RestV2Backend {
         let Batch {
             dm, jobs, deadline, ..
         } = batch;
-        let config = self.configuration(dm, deadline).await?;
+        let config = self.configuration(dm, deadline, Purpose::Post).await?;
         let limits = poster::Limits {
             max_blobs: config.max_blobs_per_batch,
             max_data_size: config.max_data_size,
@@ -152,7 +163,7 @@ impl Backend for RestV2Backend {
         deadline: Deadline,
     ) -> Result<BlobUri, UploadError> {
         let config = self
-            .configuration(dm, deadline)
+            .configuration(dm, deadline, Purpose::Upload)
             .await
             .map_err(UploadError::Storage)?;
         let ranking = &self.dm(dm).map_err(UploadError::Storage)?.ranking;
@@ -258,6 +269,13 @@ impl Backend for RestV2Backend {
         all.blobs = all.blobs.drain(start..end).collect();
         Ok(all)
     }
+}
+
+/// What a configuration is wanted for: uploading data also needs its containers' SAS to work.
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Post,
+    Upload,
 }
 
 /// A data body refused as soon as more of it has arrived (uncompressed) than the DM's
