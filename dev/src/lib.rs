@@ -12,6 +12,7 @@ pub mod sas;
 mod spawn;
 pub use spawn::tie_to_parent;
 pub mod storage;
+pub mod tool;
 mod xml;
 
 pub use azurite::Azurite;

@@ -101,31 +101,14 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     // One thread: children are spawned from it, and it lives as long as the process (see
     // `HandlerProcess::spawn`); the DM emulator brings its own runtime.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("local-stack: cannot build a tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
+        .build();
+    match kusto_dev::tool::run("local-stack", parse_args(), runtime, run) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nlocal-stack: {e}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 

@@ -101,35 +101,18 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     // The main thread runs the conductor and spawns the handlers, and outlives them (see
     // `HandlerProcess::spawn`); the clients run on the worker threads.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("soak: cannot build a tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
+        .build();
+    match kusto_dev::tool::run("soak", parse_args(), runtime, run) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("soak: blobs were lost or mis-reported (see the verdict)");
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("soak: {e}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 
