@@ -30,6 +30,7 @@ both_protocols!(
     a_client_that_disconnects_mid_body_queues_nothing,
     a_200_mb_body_streams_in_bounded_memory,
     the_summary_line_names_the_accounts_that_took_the_data,
+    a_refused_container_sas_is_replaced_without_waiting_for_the_refresh,
 );
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -286,6 +287,43 @@ async fn a_refusing_temporary_account_fails_over_to_another(protocol: Protocol) 
     );
     assert_eq!(reply.error_code(), "UploadUnavailable");
     assert!(reply.headers.contains_key("retry-after"));
+}
+
+async fn a_refused_container_sas_is_replaced_without_waiting_for_the_refresh(protocol: Protocol) {
+    // Every temporary container's SAS is refused (a revoked or rotated key), as are the fresh
+    // ones fetched for it, until the accounts heal.
+    let app = TestApp::builder().protocol(protocol).start().await;
+    let accounts: Vec<String> = app
+        .dm
+        .temp_containers()
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    for account in &accounts {
+        app.dm
+            .faults()
+            .break_account(account, BreakMode::BadSignature);
+    }
+    let path = "/api/ingest/testdb/t?format=csv";
+    let refused = post_data(&app, path, &[], csv(10).into()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.error_code(), "UploadUnavailable");
+    assert!(refused.text.contains("403"), "{}", refused.text);
+    for account in &accounts {
+        app.dm.faults().heal_account(account);
+    }
+    // The cached credentials are the refused ones, and the next scheduled refresh is far off:
+    // the upload that finds them refused fetches fresh ones (once the 5 s refetch hold is over)
+    // and stores the data with those.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let reply = post_data(&app, path, &[], csv(10).into()).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    assert_eq!(committed_temp_blobs(&app).await.len(), 1);
 }
 
 async fn a_client_that_disconnects_mid_body_queues_nothing(protocol: Protocol) {

@@ -19,6 +19,66 @@ pub(crate) const FAILURE_HOLD: Duration = Duration::from_secs(5);
 /// endpoint and a DM command in turn, say).
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After storage refuses a SAS (403), fresh credentials are fetched at most once per hold; the
+/// hold doubles while refusals keep coming (a rotated key, a SAS expired at the source), up to the
+/// maximum, so a storage-side incident does not become DM throttling.
+const SAS_REFETCH_HOLD: Duration = Duration::from_secs(5);
+const SAS_REFETCH_MAX_HOLD: Duration = Duration::from_secs(5 * 60);
+
+/// Why a cache has no copy newer than the one whose SAS storage refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum RefetchError {
+    #[error("fresh credentials could not be fetched: {0}")]
+    Dm(DmError),
+    #[error(
+        "fresh credentials were fetched moments ago and were refused too; the DM is asked again in {} s at the earliest",
+        .0.as_secs().max(1)
+    )]
+    Held(Duration),
+}
+
+impl RefetchError {
+    /// When trying again makes sense, when the hold says.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RefetchError::Held(wait) => Some(*wait),
+            RefetchError::Dm(_) => None,
+        }
+    }
+}
+
+/// When SAS-triggered refetches may happen (see [`SAS_REFETCH_HOLD`]).
+#[derive(Default)]
+pub(crate) struct SasRefetchLimit {
+    /// The last SAS-triggered refetch, and the hold that started with it.
+    last: Mutex<Option<(Instant, Duration)>>,
+}
+
+impl SasRefetchLimit {
+    /// How long until the next SAS-triggered refetch is allowed; `None`: now.
+    pub(crate) fn wait(&self, now: Instant) -> Option<Duration> {
+        let last = *self.last.lock().ok()?;
+        let (at, hold) = last?;
+        (at + hold)
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// A SAS-triggered refetch starts now: the next hold doubles when this one follows the last
+    /// closely (the refusals go on), and starts over otherwise.
+    pub(crate) fn record(&self, now: Instant) {
+        if let Ok(mut last) = self.last.lock() {
+            let hold = match *last {
+                Some((at, hold)) if now.duration_since(at) < hold * 3 => {
+                    (hold * 2).min(SAS_REFETCH_MAX_HOLD)
+                }
+                _ => SAS_REFETCH_HOLD,
+            };
+            *last = Some((now, hold));
+        }
+    }
+}
+
 /// The one fetch of one cache that may be running, and how the last one ended.
 #[derive(Clone)]
 pub(crate) struct Flight {

@@ -7,20 +7,15 @@ use super::connections::StorageConnections;
 use super::pool::QueuePool;
 use super::resources::{IngestionResources, StorageRoot, sas_usable_for};
 use super::status_table::StatusTable;
-use crate::dm::refresh::Flight;
+use crate::dm::refresh::{Flight, RefetchError, SasRefetchLimit};
 use crate::dm::{DmClient, DmError};
 use crate::domain::DmEndpoint;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// The SDKs refresh both every hour; refreshing ten minutes early keeps requests off the slow path.
 const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
-/// After storage refuses a SAS (403), fresh resources are fetched at most once per hold; the hold
-/// doubles while refusals keep coming (a rotated key, a SAS expired at the source), up to the
-/// maximum, so a storage-side incident does not become DM throttling.
-const SAS_REFETCH_HOLD: Duration = Duration::from_secs(5);
-const SAS_REFETCH_MAX_HOLD: Duration = Duration::from_secs(5 * 60);
 
 /// One successful fetch of both commands.
 pub(super) struct Snapshot {
@@ -39,50 +34,6 @@ pub(super) struct Snapshot {
 impl Snapshot {
     fn usable(&self, now: Instant) -> bool {
         now < self.usable_until
-    }
-}
-
-/// Why [`ResourceCache::replace`] has no newer resources.
-#[derive(Debug, Clone, thiserror::Error)]
-pub(super) enum RefetchError {
-    #[error("fresh resources could not be fetched: {0}")]
-    Dm(DmError),
-    #[error(
-        "fresh resources were fetched moments ago and were refused too; the DM is asked again in {} s at the earliest",
-        .0.as_secs().max(1)
-    )]
-    Held(Duration),
-}
-
-/// When SAS-triggered refetches may happen (see [`SAS_REFETCH_HOLD`]).
-#[derive(Default)]
-struct SasRefetchLimit {
-    /// The last SAS-triggered refetch, and the hold that started with it.
-    last: Mutex<Option<(Instant, Duration)>>,
-}
-
-impl SasRefetchLimit {
-    /// How long until the next SAS-triggered refetch is allowed; `None`: now.
-    fn wait(&self, now: Instant) -> Option<Duration> {
-        let last = *self.last.lock().ok()?;
-        let (at, hold) = last?;
-        (at + hold)
-            .checked_duration_since(now)
-            .filter(|d| !d.is_zero())
-    }
-
-    /// A SAS-triggered refetch starts now: the next hold doubles when this one follows the last
-    /// closely (the refusals go on), and starts over otherwise.
-    fn record(&self, now: Instant) {
-        if let Ok(mut last) = self.last.lock() {
-            let hold = match *last {
-                Some((at, hold)) if now.duration_since(at) < hold * 3 => {
-                    (hold * 2).min(SAS_REFETCH_MAX_HOLD)
-                }
-                _ => SAS_REFETCH_HOLD,
-            };
-            *last = Some((now, hold));
-        }
     }
 }
 

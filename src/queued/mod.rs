@@ -190,8 +190,25 @@ impl Backend for QueuedBackend {
         let snapshot = snapshot(queues, dm, deadline)
             .await
             .map_err(UploadError::Storage)?;
+        let fresh = || async {
+            let fresh =
+                tokio::time::timeout_at(deadline.instant(), queues.replace(snapshot.generation))
+                    .await
+                    .map_err(|_| {
+                        BlobFailure::new(
+                            FailureCode::DeadlineExceeded,
+                            "fresh ingestion resources did not come before the request's deadline",
+                        )
+                    })?
+                    .map_err(|e| {
+                        BlobFailure::new(FailureCode::UploadUnavailable, e.to_string())
+                            .retry_after(e.retry_after())
+                    })?;
+            Ok(fresh.temp_containers.clone())
+        };
         upload::upload(
             &snapshot.temp_containers,
+            fresh,
             queues.ranking(),
             &self.transport,
             name,

@@ -12,11 +12,12 @@
 //!   (a duplicate is tolerable, a loss is not), and if no queue confirms it, its outcome is
 //!   `Unknown`, never `Failed`.
 
-use super::cache::{RefetchError, ResourceCache, Snapshot};
+use super::cache::{ResourceCache, Snapshot};
 use super::message::{EncodeError, IngestionMessage, QueueText, StatusInTable};
 use super::pool::PostError;
 use super::ranking::AccountRanking;
 use crate::dm::DmError;
+use crate::dm::refresh::RefetchError;
 use crate::ingest::{
     BlobFailure, BlobJob, BlobOutcome, Deadline, FailureCode, UNKNOWN_OUTCOME_ADVICE,
 };
@@ -69,6 +70,12 @@ impl DmQueues {
         self.cache.get().await
     }
 
+    /// Resources newer than generation `rejected`, whose SAS storage refused (see
+    /// [`ResourceCache::replace`]).
+    pub(super) async fn replace(&self, rejected: u64) -> Result<Arc<Snapshot>, RefetchError> {
+        self.cache.replace(rejected).await
+    }
+
     /// Queues one blob; a tracked one with its status row (`record`: table URL with SAS and
     /// partition).
     pub(super) async fn send(
@@ -117,16 +124,12 @@ impl DmQueues {
         {
             Ok(Ok(fresh)) => fresh,
             Ok(Err(error)) => {
-                let wait = match &error {
-                    RefetchError::Held(wait) => Some(*wait),
-                    RefetchError::Dm(_) => None,
-                };
                 return BlobOutcome::Failed(
                     BlobFailure::new(
                         FailureCode::QueueAuthorizationFailed,
                         format!("the ingestion queues refused their SAS ({refused}); {error}"),
                     )
-                    .retry_after(wait),
+                    .retry_after(error.retry_after()),
                 );
             }
             Err(_) => return deadline_passed(),

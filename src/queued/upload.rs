@@ -4,8 +4,8 @@
 //!
 //! The container is chosen as queues are: healthiest storage account first, from the same ranking.
 //! A storage failure before the first block is stored moves on to another account (what the SDKs
-//! do for uploads); once blocks are stored the body cannot be replayed, so a later failure fails
-//! the upload.
+//! do for uploads), and a SAS storage refused is replaced once by fresh credentials; once blocks
+//! are stored the body cannot be replayed, so a later failure fails the upload.
 
 use super::ranking::{AccountRanking, TIERS};
 use super::resources::StorageRoot;
@@ -16,6 +16,7 @@ use azure_core::http::{RequestContent, Transport};
 use azure_storage_blob::models::BlockLookupList;
 use azure_storage_blob::{BlobClient, BlobClientOptions};
 use bytes::{Bytes, BytesMut};
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Blocks of this size (the last one smaller): memory per upload stays around one block.
@@ -26,43 +27,108 @@ const MAX_ACCOUNTS: usize = 3;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Uploads `data` as `name` into one of `containers`; the blob's URI with the container's SAS.
-pub(crate) async fn upload(
+/// When storage refused the SAS (and no container took the first block), `fresh` is asked once
+/// for newer containers and the first block (still in hand) is tried there: a revoked or rotated
+/// SAS costs one refetch, not every upload until the next scheduled refresh.
+pub(crate) async fn upload<F, Fut>(
     containers: &[StorageRoot],
+    fresh: F,
     ranking: &AccountRanking,
     transport: &Transport,
     name: &str,
     data: &mut dyn DataSource,
     deadline: Deadline,
-) -> Result<BlobUri, UploadError> {
+) -> Result<BlobUri, UploadError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Vec<StorageRoot>, BlobFailure>>,
+{
     if containers.is_empty() {
         return Err(storage_failure(
             "the DM hands out no TempStorage container to upload data to".to_owned(),
         ));
     }
-    let mut block = next_block(data).await?;
-    let mut last_error = String::new();
+    let block = next_block(data).await?;
+    let refused = match first_block(containers, ranking, transport, name, &block, deadline).await {
+        Started::Stored(target) => return target.finish(data, block, deadline).await,
+        Started::Failed {
+            reason,
+            sas_refused: true,
+        } if !deadline.expired() => reason,
+        Started::Failed { reason, .. } => return Err(not_accepted(&reason)),
+    };
+    tracing::warn!(reason = %refused, "temporary storage refused its SAS; fetching fresh credentials");
+    let containers = fresh().await.map_err(|failure| {
+        UploadError::Storage(BlobFailure {
+            message: format!(
+                "the temporary containers refused their SAS ({refused}); {}",
+                failure.message
+            ),
+            ..failure
+        })
+    })?;
+    match first_block(&containers, ranking, transport, name, &block, deadline).await {
+        Started::Stored(target) => target.finish(data, block, deadline).await,
+        Started::Failed { reason, .. } => Err(not_accepted(&reason)),
+    }
+}
+
+/// Where the first block went.
+enum Started {
+    Stored(Target),
+    /// No container took it; `sas_refused` when one refused the SAS (a refetch may help).
+    Failed {
+        reason: String,
+        sas_refused: bool,
+    },
+}
+
+/// Stages the first block in the healthiest container that takes it.
+async fn first_block(
+    containers: &[StorageRoot],
+    ranking: &AccountRanking,
+    transport: &Transport,
+    name: &str,
+    block: &Bytes,
+    deadline: Deadline,
+) -> Started {
+    let mut reason = String::from("no temporary container is known");
+    let mut sas_refused = false;
     for container in candidates(containers, ranking) {
-        let target = Target::new(container, name, transport).map_err(storage_failure)?;
+        let target = match Target::new(container, name, transport) {
+            Ok(target) => target,
+            Err(error) => {
+                reason = error;
+                continue;
+            }
+        };
         match target.stage(0, block.clone(), deadline).await {
             Ok(()) => {
                 ranking.record(&container.account, true);
                 crate::request_log::account_used(&container.account);
-                return target.finish(data, block, deadline).await;
+                return Started::Stored(target);
             }
             Err(error) => {
                 ranking.record(&container.account, false);
-                tracing::warn!(container = %container.redacted(), %error, "data upload refused; trying another account");
-                last_error = error;
+                tracing::warn!(container = %container.redacted(), error = %error.message, "data upload refused; trying another account");
+                sas_refused |= error.sas_refused;
+                reason = error.message;
             }
         }
         if deadline.expired() {
             break;
         }
     }
-    block.clear();
-    Err(storage_failure(format!(
-        "no temporary container accepted the data ({last_error})"
-    )))
+    Started::Failed {
+        reason,
+        sas_refused,
+    }
+}
+
+fn not_accepted(reason: &str) -> UploadError {
+    storage_failure(format!(
+        "no temporary container accepted the data ({reason})"
+    ))
 }
 
 /// The containers to try, healthiest account first, at most one per account.
@@ -128,14 +194,25 @@ impl Target {
         })
     }
 
-    async fn stage(&self, index: usize, block: Bytes, deadline: Deadline) -> Result<(), String> {
+    async fn stage(
+        &self,
+        index: usize,
+        block: Bytes,
+        deadline: Deadline,
+    ) -> Result<(), StageError> {
         let id = block_id(index);
         let len = block.len() as u64;
         let client = self.client.block_blob_client();
         let staged = client.stage_block(&id, len, RequestContent::from(block.to_vec()), None);
         match tokio::time::timeout(deadline.cap(CALL_TIMEOUT), staged).await {
-            Err(_) => Err("no answer in time".to_owned()),
-            Ok(Err(e)) => Err(describe_storage_error(&e)),
+            Err(_) => Err(StageError {
+                message: "no answer in time".to_owned(),
+                sas_refused: false,
+            }),
+            Ok(Err(e)) => Err(StageError {
+                message: describe_storage_error(&e),
+                sas_refused: refuses_sas(&e),
+            }),
             Ok(Ok(_)) => Ok(()),
         }
     }
@@ -158,7 +235,7 @@ impl Target {
             let index = self.blocks.len();
             self.stage(index, block, deadline)
                 .await
-                .map_err(|e| storage_failure(format!("storing the data failed: {e}")))?;
+                .map_err(|e| storage_failure(format!("storing the data failed: {}", e.message)))?;
             self.blocks.push(block_id(index));
         }
         let list = BlockLookupList {
@@ -184,6 +261,21 @@ impl Target {
             }
         }
     }
+}
+
+/// Why a block was not staged.
+struct StageError {
+    message: String,
+    /// Storage refused the SAS itself (401/403): fresh credentials may work.
+    sas_refused: bool,
+}
+
+fn refuses_sas(error: &azure_core::Error) -> bool {
+    matches!(
+        error.kind(),
+        azure_core::error::ErrorKind::HttpResponse { status, .. }
+            if matches!(u16::from(*status), 401 | 403)
+    )
 }
 
 /// A storage answer by its status and error code (its XML body says no more that a caller can

@@ -5,7 +5,7 @@
 //! asked again now and then, so a cluster that gains the API is noticed.
 
 use super::configuration::Configuration;
-use crate::dm::refresh::Flight;
+use crate::dm::refresh::{Flight, RefetchError, SasRefetchLimit};
 use crate::dm::{Call, DmClient, DmError};
 use crate::domain::DmEndpoint;
 use crate::ingest::Deadline;
@@ -49,6 +49,7 @@ pub(super) struct ConfigCache {
     /// Shared with the fetch task, which replaces it.
     current: Current,
     flight: Flight,
+    sas_refetches: SasRefetchLimit,
 }
 
 impl ConfigCache {
@@ -58,6 +59,7 @@ impl ConfigCache {
             dm,
             client,
             current: Arc::new(RwLock::new(None)),
+            sas_refetches: SasRefetchLimit::default(),
         }
     }
 
@@ -115,6 +117,42 @@ impl ConfigCache {
                 endpoint: self.dm.to_string(),
                 reason: "the configuration fetch ended without a usable answer".to_owned(),
             }))
+    }
+
+    /// A configuration newer than `rejected`, whose container SAS storage refused: fetched now
+    /// unless another upload already replaced it (many uploads refused together cause one fetch)
+    /// and unless the SAS refetch limit holds.
+    pub(super) async fn replace(
+        &self,
+        rejected: &Arc<Configuration>,
+    ) -> Result<Arc<Configuration>, RefetchError> {
+        let newer = |entry: Option<Arc<Entry>>| match entry.map(|e| e.known.clone()) {
+            Some(Known::Supported(c)) if !Arc::ptr_eq(&c, rejected) => Some(c),
+            _ => None,
+        };
+        // A fetch already running may be the replacement.
+        self.flight.settled().await;
+        if let Some(fresh) = newer(self.current()) {
+            return Ok(fresh);
+        }
+        let now = Instant::now();
+        if let Some(wait) = self.sas_refetches.wait(now) {
+            return Err(RefetchError::Held(wait));
+        }
+        if let Some(error) = self.flight.recent_failure(now) {
+            return Err(RefetchError::Dm(error));
+        }
+        self.sas_refetches.record(now);
+        self.start_fetch();
+        self.flight.settled().await;
+        newer(self.current()).ok_or_else(|| {
+            RefetchError::Dm(self.flight.last_failure().unwrap_or_else(|| {
+                DmError::InvalidResponse {
+                    endpoint: self.dm.to_string(),
+                    reason: "the DM no longer describes a queued-ingestion REST API".to_owned(),
+                }
+            }))
+        })
     }
 
     /// Starts a fetch in the background unless one is running.

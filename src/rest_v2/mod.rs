@@ -175,8 +175,25 @@ impl Backend for RestV2Backend {
             }
             None => data,
         };
+        let fresh = || async {
+            let cache = &self.dm(dm)?.configuration;
+            let fresh = tokio::time::timeout_at(deadline.instant(), cache.replace(&config))
+                .await
+                .map_err(|_| {
+                    BlobFailure::new(
+                        FailureCode::DeadlineExceeded,
+                        "a fresh ingestion configuration did not come before the request's deadline",
+                    )
+                })?
+                .map_err(|e| {
+                    BlobFailure::new(FailureCode::UploadUnavailable, e.to_string())
+                        .retry_after(e.retry_after())
+                })?;
+            Ok(fresh.containers.clone())
+        };
         crate::queued::upload_data(
             &config.containers,
+            fresh,
             ranking,
             &self.transport,
             name,
