@@ -22,6 +22,21 @@ fn body(uris: &[String]) -> Value {
     request(uris.iter().map(|u| json!({ "blobUri": u })).collect())
 }
 
+/// Two CSV lines as a data body for `testdb.events`.
+async fn post_small_csv(app: &TestApp) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!(
+            "{}/api/ingest/testdb/events?format=csv",
+            app.address
+        ))
+        .header("x-functions-key", FUNCTION_KEY)
+        .header("content-type", "text/csv")
+        .body("1,a\n2,b\n")
+        .send()
+        .await
+        .expect("POST reached the handler")
+}
+
 fn queued_posts(app: &TestApp) -> Vec<usize> {
     let mut sizes: Vec<usize> = app
         .dm
@@ -642,17 +657,7 @@ async fn a_data_body_larger_than_max_data_size_is_413_and_nothing_is_queued() {
     }
 
     // Within the limit, the same route queues.
-    let reply = reqwest::Client::new()
-        .post(format!(
-            "{}/api/ingest/testdb/events?format=csv",
-            app.address
-        ))
-        .header("x-functions-key", FUNCTION_KEY)
-        .header("content-type", "text/csv")
-        .body("1,a\n2,b\n")
-        .send()
-        .await
-        .unwrap();
+    let reply = post_small_csv(&app).await;
     assert_eq!(reply.status(), StatusCode::ACCEPTED);
     assert_eq!(queued_posts(&app), vec![1]);
 }
@@ -665,23 +670,10 @@ async fn a_data_upload_after_the_containers_sas_expired_gets_a_fresh_configurati
         .faults(|f| f.set_sas_lifetime(Duration::from_secs(2)))
         .start()
         .await;
-    let upload = || async {
-        reqwest::Client::new()
-            .post(format!(
-                "{}/api/ingest/testdb/events?format=csv",
-                app.address
-            ))
-            .header("x-functions-key", FUNCTION_KEY)
-            .header("content-type", "text/csv")
-            .body("1,a\n2,b\n")
-            .send()
-            .await
-            .unwrap()
-    };
-    let first = upload().await;
+    let first = post_small_csv(&app).await;
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let second = upload().await;
+    let second = post_small_csv(&app).await;
     let status = second.status();
     let text = second.text().await.unwrap_or_default();
     assert_eq!(status, StatusCode::ACCEPTED, "{text}");

@@ -18,7 +18,7 @@ pub(crate) use connections::StorageConnections;
 pub(crate) use message::creation_time_now;
 pub(crate) use ranking::AccountRanking;
 pub(crate) use resources::{StorageRoot, sas_usable_for};
-pub(crate) use upload::upload as upload_data;
+pub(crate) use upload::{refetched, upload as upload_data};
 
 use crate::data::DataSource;
 use crate::dm::{DmClient, DmError};
@@ -190,21 +190,11 @@ impl Backend for QueuedBackend {
         let snapshot = snapshot(queues, dm, deadline)
             .await
             .map_err(UploadError::Storage)?;
-        let fresh = || async {
-            let fresh =
-                tokio::time::timeout_at(deadline.instant(), queues.replace(snapshot.generation))
-                    .await
-                    .map_err(|_| {
-                        BlobFailure::new(
-                            FailureCode::DeadlineExceeded,
-                            "fresh ingestion resources did not come before the request's deadline",
-                        )
-                    })?
-                    .map_err(|e| {
-                        BlobFailure::new(FailureCode::UploadUnavailable, e.to_string())
-                            .retry_after(e.retry_after())
-                    })?;
-            Ok(fresh.temp_containers.clone())
+        let fresh = || {
+            upload::refetched(deadline, "ingestion resources", async {
+                let fresh = queues.replace(snapshot.generation).await?;
+                Ok(fresh.temp_containers.clone())
+            })
         };
         upload::upload(
             &snapshot.temp_containers,

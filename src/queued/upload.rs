@@ -10,6 +10,7 @@
 use super::ranking::{AccountRanking, TIERS};
 use super::resources::StorageRoot;
 use crate::data::{DataError, DataSource};
+use crate::dm::refresh::RefetchError;
 use crate::domain::{BlobUri, clip, describe_error};
 use crate::ingest::{BlobFailure, Deadline, FailureCode, UploadError};
 use azure_core::http::{RequestContent, Transport};
@@ -71,6 +72,27 @@ where
         Started::Stored(target) => target.finish(data, block, deadline).await,
         Started::Failed { reason, .. } => Err(not_accepted(&reason)),
     }
+}
+
+/// Fresh containers from `refetch` (a cache replacing credentials storage refused), within
+/// `deadline`; `what` names what was refetched in the failure.
+pub(crate) async fn refetched(
+    deadline: Deadline,
+    what: &str,
+    refetch: impl Future<Output = Result<Vec<StorageRoot>, RefetchError>>,
+) -> Result<Vec<StorageRoot>, BlobFailure> {
+    tokio::time::timeout_at(deadline.instant(), refetch)
+        .await
+        .map_err(|_| {
+            BlobFailure::new(
+                FailureCode::DeadlineExceeded,
+                format!("fresh {what} did not come before the request's deadline"),
+            )
+        })?
+        .map_err(|e| {
+            BlobFailure::new(FailureCode::UploadUnavailable, e.to_string())
+                .retry_after(e.retry_after())
+        })
 }
 
 /// Where the first block went.

@@ -166,7 +166,7 @@ impl Backend for RestV2Backend {
             .configuration(dm, deadline, Purpose::Upload)
             .await
             .map_err(UploadError::Storage)?;
-        let ranking = &self.dm(dm).map_err(UploadError::Storage)?.ranking;
+        let state = self.dm(dm).map_err(UploadError::Storage)?;
         let mut limited;
         let data: &mut dyn DataSource = match config.max_data_size {
             Some(max) => {
@@ -175,26 +175,16 @@ impl Backend for RestV2Backend {
             }
             None => data,
         };
-        let fresh = || async {
-            let cache = &self.dm(dm)?.configuration;
-            let fresh = tokio::time::timeout_at(deadline.instant(), cache.replace(&config))
-                .await
-                .map_err(|_| {
-                    BlobFailure::new(
-                        FailureCode::DeadlineExceeded,
-                        "a fresh ingestion configuration did not come before the request's deadline",
-                    )
-                })?
-                .map_err(|e| {
-                    BlobFailure::new(FailureCode::UploadUnavailable, e.to_string())
-                        .retry_after(e.retry_after())
-                })?;
-            Ok(fresh.containers.clone())
+        let fresh = || {
+            crate::queued::refetched(deadline, "ingestion configuration", async {
+                let fresh = state.configuration.replace(&config).await?;
+                Ok(fresh.containers.clone())
+            })
         };
         crate::queued::upload_data(
             &config.containers,
             fresh,
-            ranking,
+            &state.ranking,
             &self.transport,
             name,
             data,
