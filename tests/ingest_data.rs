@@ -279,13 +279,7 @@ async fn a_refusing_temporary_account_fails_over_to_another(protocol: Protocol) 
         csv(10).into(),
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.text
-    );
-    assert_eq!(reply.error_code(), "UploadUnavailable");
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "UploadUnavailable");
     assert!(reply.headers.contains_key("retry-after"));
 }
 
@@ -306,13 +300,7 @@ async fn a_refused_container_sas_is_replaced_without_waiting_for_the_refresh(pro
     }
     let path = "/api/ingest/testdb/t?format=csv";
     let refused = post_data(&app, path, &[], csv(10).into()).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        refused.text
-    );
-    assert_eq!(refused.error_code(), "UploadUnavailable");
+    refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "UploadUnavailable");
     assert!(refused.text.contains("403"), "{}", refused.text);
     for account in &accounts {
         app.dm.faults().heal_account(account);

@@ -152,13 +152,7 @@ async fn a_dm_that_answers_after_a_minute_costs_a_request_its_deadline_only(prot
         "answered after {elapsed:?}"
     );
     for reply in [&first, &second] {
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            reply.text
-        );
-        assert_eq!(reply.error_code(), "DeadlineExceeded", "{}", reply.text);
+        reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "DeadlineExceeded");
         assert!(reply.headers.contains_key("retry-after"));
     }
 }
@@ -194,8 +188,7 @@ async fn an_oversized_dm_answer_is_refused_not_buffered(protocol: Protocol) {
         .start()
         .await;
     let reply = app.post_ingest(&request(bodies(&app, "huge", 1))).await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text);
-    assert_eq!(reply.error_code(), "DataManagementRejected");
+    reply.assert_error(StatusCode::BAD_GATEWAY, "DataManagementRejected");
     assert!(reply.text.contains("larger than"), "{}", reply.text);
 }
 
@@ -261,13 +254,7 @@ async fn a_refused_sas_is_refetched_at_most_once_per_hold_not_per_request() {
         let reply = app
             .post_ingest(&request(bodies(&app, &format!("storm{i}"), 1)))
             .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            reply.text
-        );
-        assert_eq!(reply.error_code(), "QueueAuthorizationFailed");
+        reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "QueueAuthorizationFailed");
         assert!(reply.headers.contains_key("retry-after"));
     }
     let fetches = app.dm.command_count(RESOURCES);
@@ -389,13 +376,7 @@ async fn requests_over_the_in_flight_limit_are_answered_503_at_once(protocol: Pr
     let started = Instant::now();
     let reply = app.post_ingest(&request(bodies(&app, "third", 1))).await;
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.text
-    );
-    assert_eq!(reply.error_code(), "ServerBusy");
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "ServerBusy");
     assert!(reply.headers.contains_key("retry-after"));
     let _ = held.await;
 }

@@ -155,11 +155,7 @@ async fn resources_and_identity_token_are_fetched_once_for_many_requests(protoco
         assert_eq!(accepted_posts(&app), vec![5; 10]);
         let messages = app.drain_messages().await;
         assert_eq!(messages.len(), 50);
-        let paths: BTreeSet<String> = messages
-            .iter()
-            .map(|m| m.body["BlobPath"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(paths, all_uris, "every blob exactly once");
+        assert_eq!(blob_paths(&messages), all_uris, "every blob exactly once");
         app.assert_no_secrets();
         return;
     }
@@ -193,11 +189,7 @@ async fn resources_and_identity_token_are_fetched_once_for_many_requests(protoco
 
     let messages = app.drain_messages().await;
     assert_eq!(messages.len(), 1000);
-    let paths: BTreeSet<String> = messages
-        .iter()
-        .map(|m| m.body["BlobPath"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(paths, all_uris, "every blob exactly once");
+    assert_eq!(blob_paths(&messages), all_uris, "every blob exactly once");
     let ids: BTreeSet<&str> = messages
         .iter()
         .map(|m| m.body["Id"].as_str().unwrap())
@@ -544,13 +536,7 @@ async fn dm_refusing_the_apps_identity_is_502_unauthorized(protocol: Protocol) {
         .await;
     let (_, bodies) = blobs(&app, "rejected", 2);
     let reply = app.post_ingest(&request(bodies)).await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text);
-    assert_eq!(
-        reply.error_code(),
-        "DataManagementUnauthorized",
-        "{}",
-        reply.text
-    );
+    reply.assert_error(StatusCode::BAD_GATEWAY, "DataManagementUnauthorized");
     assert_all_failed(&reply, 2, None);
     assert!(app.drain_messages().await.is_empty());
     app.assert_no_secrets();
@@ -564,13 +550,7 @@ async fn dm_rejecting_the_command_is_502_rejected_without_retry(protocol: Protoc
         .await;
     let (_, bodies) = blobs(&app, "badrequest", 1);
     let reply = app.post_ingest(&request(bodies)).await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text);
-    assert_eq!(
-        reply.error_code(),
-        "DataManagementRejected",
-        "{}",
-        reply.text
-    );
+    reply.assert_error(StatusCode::BAD_GATEWAY, "DataManagementRejected");
     assert_all_failed(&reply, 1, None);
     // A 400 is permanent: each command is sent once, not retried.
     match protocol {
@@ -619,18 +599,7 @@ async fn stale_resources_are_served_while_a_refresh_fails_until_their_sas_expire
     tokio::time::sleep(Duration::from_millis(6_500).saturating_sub(started.elapsed())).await;
     let (_, third) = blobs(&app, "expired", 1);
     let reply = app.post_ingest(&request(third)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.text
-    );
-    assert_eq!(
-        reply.error_code(),
-        "DataManagementUnavailable",
-        "{}",
-        reply.text
-    );
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "DataManagementUnavailable");
     assert!(app.drain_messages().await.is_empty());
     app.assert_no_secrets();
 }
@@ -670,4 +639,12 @@ async fn sigterm_lets_in_flight_requests_finish_before_exit(protocol: Protocol) 
     for uri in &uris {
         message_for(&messages, uri);
     }
+}
+
+/// The blob paths the queued messages name.
+fn blob_paths(messages: &[QueuedMessage]) -> BTreeSet<String> {
+    messages
+        .iter()
+        .map(|m| m.body["BlobPath"].as_str().unwrap().to_owned())
+        .collect()
 }

@@ -207,8 +207,7 @@ async fn five_thousand_tracked_blobs_page_through_one_get_at_a_time() {
 async fn malformed_and_foreign_operation_ids_are_refused_without_a_token(protocol: Protocol) {
     let app = TestApp::builder().protocol(protocol).start().await;
     let reply = app.get("/api/ingest/operations/not-an-id").await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
-    assert_eq!(reply.error_code(), "InvalidOperationId");
+    reply.assert_error(StatusCode::BAD_REQUEST, "InvalidOperationId");
 
     let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
         json!({"v": 1, "dm": "https://ingest-evil.kusto.windows.net", "t": "https://evil.table.core.windows.net/t",

@@ -900,18 +900,7 @@ async fn a_status_read_whose_answer_is_lost_or_unreadable_is_unavailable_then_an
     // still unavailable when each attempt is lost.
     faults.lose_rest_v2_answers(RestV2Endpoint::Status, 100);
     let reply = app.get(&path).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.text
-    );
-    assert_eq!(
-        reply.error_code(),
-        "DataManagementUnavailable",
-        "{}",
-        reply.text
-    );
+    reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, "DataManagementUnavailable");
     faults.reset();
 
     faults.set_oversized_answers(Some(2 * 1024 * 1024));

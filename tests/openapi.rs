@@ -532,21 +532,14 @@ async fn post_ingest_answers_match_the_description() {
                     "additionalProperties": { "format": "csv", "mappingReference": "m", "ignoreFirstRecord": "true" } }]
     });
     let reply = post(&spec, &app, &azure).await;
-    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text);
-    assert_eq!(reply.error_code(), "DataManagementUriNotAllowed");
+    reply.assert_error(StatusCode::FORBIDDEN, "DataManagementUriNotAllowed");
 
     // 413: more than INGEST_MAX_BLOBS.
     let blobs = (0..6)
         .map(|i| json!({ "blobUri": app.blob_uri(&format!("spec/{i}.csv")) }))
         .collect();
     let reply = post(&spec, &app, &request(blobs)).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "{}",
-        reply.text
-    );
-    assert_eq!(reply.error_code(), "TooManyBlobs");
+    reply.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "TooManyBlobs");
     app.assert_no_secrets();
 }
 

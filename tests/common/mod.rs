@@ -59,6 +59,12 @@ impl Reply {
     pub fn error_target(&self) -> &str {
         self.body["error"]["target"].as_str().unwrap_or("<none>")
     }
+    /// The answer is `status` with the Azure error `code`; the body is shown when it is not.
+    #[track_caller]
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(self.error_code(), code, "{}", self.text);
+    }
 }
 
 /// A decoded ingestion message and where it was found.
