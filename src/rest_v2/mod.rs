@@ -167,6 +167,11 @@ impl Backend for RestV2Backend {
             .await
             .map_err(UploadError::Storage)?;
         let state = self.dm(dm).map_err(UploadError::Storage)?;
+        if let Some(max) = config.max_data_size
+            && data.announced_raw_size().is_some_and(|n| n > max)
+        {
+            return Err(UploadError::Data(DataError::OverDmLimit { max }));
+        }
         let mut limited;
         let data: &mut dyn DataSource = match config.max_data_size {
             Some(max) => {
@@ -286,7 +291,7 @@ enum Purpose {
 }
 
 /// A data body refused as soon as more of it has arrived (uncompressed) than the DM's
-/// `maxDataSize`, or before any of it is read when its announced size is over: before its blob is
+/// `maxDataSize` (one announced larger is refused before this is built): before its blob is
 /// committed, so nothing is queued and nothing is left behind.
 struct WithinDmLimit<'a> {
     inner: &'a mut dyn DataSource,
@@ -300,13 +305,6 @@ impl DataSource for WithinDmLimit<'_> {
         Box<dyn std::future::Future<Output = Result<Option<bytes::Bytes>, DataError>> + Send + '_>,
     > {
         Box::pin(async move {
-            if self
-                .inner
-                .announced_raw_size()
-                .is_some_and(|n| n > self.max)
-            {
-                return Err(DataError::OverDmLimit { max: self.max });
-            }
             let chunk = self.inner.next_chunk().await?;
             if self.inner.raw_size() > self.max {
                 return Err(DataError::OverDmLimit { max: self.max });
